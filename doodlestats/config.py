@@ -1,0 +1,194 @@
+"""Typed configuration: ``conf/doodle.toml`` loaded into one frozen object.
+
+Example::
+
+    cfg = load_config()                      # conf/doodle.toml
+    cfg = load_config("my.toml", {"job.mode": "approx"})
+    cfg.job.watermark_s                      # -> 5
+
+Unknown keys and bad values raise :class:`ConfigError` with a message naming the key,
+before any Spark or Kafka work starts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_CONF = REPO_ROOT / "conf" / "doodle.toml"
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing, unknown or out of range."""
+
+
+@dataclass(frozen=True)
+class KafkaConf:
+    bootstrap_servers: str = "127.0.0.1:9092"
+    controller_port: int = 9093
+    input_topic: str = "doodle"
+    input_partitions: int = 3
+    output_topic: str = "minuteStats"
+    output_partitions: int = 1
+    broker_heap: str = "768m"
+
+    @property
+    def host(self) -> str:
+        return self.bootstrap_servers.split(",")[0].rsplit(":", 1)[0]
+
+    @property
+    def port(self) -> int:
+        return int(self.bootstrap_servers.split(",")[0].rsplit(":", 1)[1])
+
+
+@dataclass(frozen=True)
+class JobConf:
+    mode: str = "exact"
+    rsd: float = 0.01
+    watermark_s: int = 5
+    trigger_s: float = 1.0
+    starting_offsets: str = "earliest"
+    max_offsets_per_trigger: int = 500_000
+    late_corrections: bool = True
+    parser: str = "jvm"
+
+
+@dataclass(frozen=True)
+class GuardConf:
+    max_skew_s: int = 3600
+    neighbourhood: int = 1000
+    min_neighbours: int = 5
+
+
+@dataclass(frozen=True)
+class PathsConf:
+    delta: str = "data/delta"
+    checkpoint: str = "data/checkpoint"
+
+
+@dataclass(frozen=True)
+class SparkConf:
+    master: str = "local[2]"
+    driver_memory: str = "2g"
+    shuffle_partitions: int = 4
+
+
+@dataclass(frozen=True)
+class Config:
+    kafka: KafkaConf = field(default_factory=KafkaConf)
+    job: JobConf = field(default_factory=JobConf)
+    guard: GuardConf = field(default_factory=GuardConf)
+    paths: PathsConf = field(default_factory=PathsConf)
+    spark: SparkConf = field(default_factory=SparkConf)
+
+    def path(self, which: str) -> Path:
+        """Absolute path of ``paths.<which>`` (relative paths are relative to the repo)."""
+        p = Path(getattr(self.paths, which))
+        return p if p.is_absolute() else REPO_ROOT / p
+
+
+_SECTIONS = {f.name: f.type for f in dataclasses.fields(Config)}
+_CLASSES = {"kafka": KafkaConf, "job": JobConf, "guard": GuardConf, "paths": PathsConf, "spark": SparkConf}
+
+
+def _coerce(key: str, value: Any, default: Any) -> Any:
+    kind = type(default)
+    if kind is bool:
+        if isinstance(value, str):
+            if value.lower() in ("true", "1", "yes", "on"):
+                return True
+            if value.lower() in ("false", "0", "no", "off"):
+                return False
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key}: expected true/false, got {value!r}")
+    if kind is int:
+        if isinstance(value, bool):
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        try:
+            return int(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{key}: expected an integer, got {value!r}") from None
+    if kind is float:
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{key}: expected a number, got {value!r}") from None
+    if not isinstance(value, str):
+        raise ConfigError(f"{key}: expected a string, got {value!r}")
+    return value
+
+
+def _check(cfg: Config) -> None:
+    j, g, k = cfg.job, cfg.guard, cfg.kafka
+    if j.mode not in ("exact", "approx"):
+        raise ConfigError(f"job.mode: expected 'exact' or 'approx', got {j.mode!r}")
+    if not 0.001 <= j.rsd <= 0.3:
+        raise ConfigError(f"job.rsd: expected 0.001..0.3, got {j.rsd}")
+    if j.watermark_s < 0:
+        raise ConfigError(f"job.watermark_s: must be >= 0, got {j.watermark_s}")
+    if j.trigger_s <= 0:
+        raise ConfigError(f"job.trigger_s: must be > 0, got {j.trigger_s}")
+    if j.starting_offsets not in ("earliest", "latest") and not j.starting_offsets.startswith("{"):
+        raise ConfigError(
+            f"job.starting_offsets: expected earliest, latest or a JSON offsets object, got {j.starting_offsets!r}")
+    if j.max_offsets_per_trigger < 1:
+        raise ConfigError(f"job.max_offsets_per_trigger: must be >= 1, got {j.max_offsets_per_trigger}")
+    if j.parser not in ("jvm", "python", "spark"):
+        raise ConfigError(f"job.parser: expected jvm, python or spark, got {j.parser!r}")
+    if g.max_skew_s < 60:
+        raise ConfigError(f"guard.max_skew_s: must be >= 60, got {g.max_skew_s}")
+    if g.neighbourhood < 2 or g.min_neighbours < 1:
+        raise ConfigError("guard.neighbourhood must be >= 2 and guard.min_neighbours >= 1")
+    if k.input_partitions < 1 or k.output_partitions < 1:
+        raise ConfigError("kafka.*_partitions must be >= 1")
+    try:
+        k.port
+    except (IndexError, ValueError):
+        raise ConfigError(f"kafka.bootstrap_servers: expected host:port, got {k.bootstrap_servers!r}") from None
+    if cfg.spark.shuffle_partitions < 1:
+        raise ConfigError("spark.shuffle_partitions must be >= 1")
+
+
+def load_config(path: str | os.PathLike | None = None,
+                overrides: Mapping[str, Any] | None = None) -> Config:
+    """Load ``conf/doodle.toml`` (or ``path``), apply ``{"section.key": value}`` overrides.
+
+    Environment variable ``DOODLE_CONF`` names another file when ``path`` is None.
+    """
+    path = Path(path or os.environ.get("DOODLE_CONF") or DEFAULT_CONF)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        raw = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: not valid TOML: {e}") from None
+    merged: dict[str, dict[str, Any]] = {s: dict(raw.get(s, {})) for s in _SECTIONS}
+    for s in raw:
+        if s not in _SECTIONS:
+            raise ConfigError(f"{path}: unknown section [{s}] (known: {', '.join(_SECTIONS)})")
+    for key, value in (overrides or {}).items():
+        if value is None:
+            continue
+        section, _, name = key.partition(".")
+        if section not in _SECTIONS:
+            raise ConfigError(f"unknown setting {key!r}")
+        merged[section][name] = value
+    sections = {}
+    for s, cls in _CLASSES.items():
+        defaults = cls()
+        known = {f.name for f in dataclasses.fields(cls)}
+        values = {}
+        for name, value in merged[s].items():
+            if name not in known:
+                raise ConfigError(f"unknown setting {s}.{name} (known: {', '.join(sorted(known))})")
+            values[name] = _coerce(f"{s}.{name}", value, getattr(defaults, name))
+        sections[s] = cls(**values)
+    cfg = Config(**sections)
+    _check(cfg)
+    return cfg
