@@ -55,6 +55,7 @@ has_flag --driver-memory || defaults+=(--driver-memory "$driver_mem")
 export SPARK_HOME="${SPARK_HOME_OVERRIDE:-$("$VENV/bin/python" -c 'import pyspark,os;print(os.path.dirname(pyspark.__file__))')}"
 export PYSPARK_PYTHON="$VENV/bin/python"
 export PYSPARK_DRIVER_PYTHON="$VENV/bin/python"
+export DOODLE_HOME="$ROOT"
 export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
 export SPARK_LOG_DIR="$ROOT/.run/spark-logs"
 export SPARK_CONF_DIR="$ROOT/conf/spark"

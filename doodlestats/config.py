@@ -19,7 +19,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def _repo_root() -> Path:
+    """The project folder: $DOODLE_HOME, else the folder holding this package (when it is
+    not inside a zip shipped with --py-files), else the working directory."""
+    if os.environ.get("DOODLE_HOME"):
+        return Path(os.environ["DOODLE_HOME"]).resolve()
+    here = Path(__file__).resolve().parent.parent
+    return here if (here / "conf").is_dir() else Path.cwd()
+
+
+REPO_ROOT = _repo_root()
 DEFAULT_CONF = REPO_ROOT / "conf" / "doodle.toml"
 
 

@@ -1,0 +1,89 @@
+# doodle minute stats — `make run` and `make test` are all a new user needs.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PY        ?= python3.11
+VENV      := .venv
+VPY       := $(VENV)/bin/python
+MVN       := mvn -q -B
+SAMPLE    := data/stream.jsonl.gz
+TRUTH     := data/stream.truth.json
+INPUT     ?= $(SAMPLE)
+TOPIC     ?=
+JOB_ARGS  ?=
+PYTEST_ARGS ?=
+
+JAVA_SRC  := $(shell find java/src -name '*.java' 2>/dev/null)
+UDF_JAR   := java/target/doodle-udf.jar
+STAMP_VENV  := $(VENV)/.installed
+STAMP_SPARK := .deps/spark-jars/.fetched
+STAMP_KAFKA := .deps/kafka-jars/.fetched
+
+.PHONY: help setup run test test-fast kafka-up kafka-down kafka-status sample load stats bench clean distclean
+
+help: ## list the targets
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
+
+setup: $(STAMP_VENV) $(STAMP_SPARK) $(STAMP_KAFKA) $(UDF_JAR) ## virtualenv + jars (Spark connectors, Kafka broker) + fast parser; once
+
+$(STAMP_VENV): requirements.txt
+	@command -v $(PY) >/dev/null || { echo "setup: $(PY) not found — install Python 3.11 (or make PY=python3 ...)"; exit 2; }
+	@echo "setup: creating $(VENV) and installing requirements.txt"
+	@[ -x $(VPY) ] || $(PY) -m venv $(VENV)
+	@$(VPY) -m pip install -q --disable-pip-version-check -r requirements.txt
+	@touch $@
+
+$(STAMP_SPARK): maven/spark-jars.pom.xml
+	@command -v mvn >/dev/null || { echo "setup: mvn not found — install Maven"; exit 2; }
+	@echo "setup: fetching Spark's Kafka connector and Delta Lake jars"
+	@rm -rf .deps/spark-jars && $(MVN) -f maven/spark-jars.pom.xml dependency:copy-dependencies
+	@touch $@
+
+$(STAMP_KAFKA): maven/kafka-broker.pom.xml
+	@command -v mvn >/dev/null || { echo "setup: mvn not found — install Maven"; exit 2; }
+	@echo "setup: fetching the Apache Kafka broker jars"
+	@rm -rf .deps/kafka-jars && $(MVN) -f maven/kafka-broker.pom.xml dependency:copy-dependencies
+	@touch $@
+
+$(UDF_JAR): java/pom.xml $(JAVA_SRC)
+	@echo "setup: building the JVM fast parser"
+	@$(MVN) -f java/pom.xml package -DskipTests
+	@touch $@
+
+kafka-up: setup ## start the embedded Kafka broker (KRaft) and create the topics
+	@$(VPY) -m doodlestats.kafka_local up
+
+kafka-down: ## stop the embedded Kafka broker (by its PID file)
+	@if [ -x $(VPY) ]; then $(VPY) -m doodlestats.kafka_local down; else echo "kafka: not set up"; fi
+
+kafka-status: ## is the embedded broker running?
+	@$(VPY) -m doodlestats.kafka_local status
+
+$(SAMPLE): | $(STAMP_VENV)
+	@mkdir -p data
+	$(VPY) -m doodlestats.generator --count 1000000 --rate 1000 --users 100000 --seed 1 --out $(SAMPLE) --truth $(TRUTH)
+
+sample: $(SAMPLE) ## write the challenge data set: 1M frames (data/stream.jsonl.gz + truth)
+
+load: kafka-up ## produce INPUT (JSONL, .gz or -) into TOPIC (default doodle)
+	$(VPY) -m doodlestats.loader $(INPUT) $(if $(TOPIC),--topic $(TOPIC))
+
+run: setup sample ## set-up, embedded Kafka, load the sample once, run minute_stats and print the minute table
+	@$(VPY) -m doodlestats.kafka_local up
+	@$(VPY) -m doodlestats.loader $(SAMPLE) --once
+	./spark-submit.sh jobs/minute_stats.py --available-now --table $(JOB_ARGS)
+
+test: setup ## set-up, then the whole test suite (starts and stops its own broker)
+	$(VPY) -m pytest $(PYTEST_ARGS)
+
+test-fast: setup ## the tests that need neither Kafka nor Spark
+	$(VPY) -m pytest -m "not integration" $(PYTEST_ARGS)
+
+bench: setup sample ## benchmarks side by side (see bench/README.md)
+	$(VPY) -m bench.run $(BENCH_ARGS)
+
+clean: kafka-down ## stop the broker, delete data and runtime state (keeps set-up)
+	rm -rf data .run spark-warehouse
+
+distclean: clean ## also delete the virtualenv and fetched jars
+	rm -rf $(VENV) .deps java/target

@@ -1,0 +1,355 @@
+"""The minute-stats pipeline: one micro-batch of raw frames → minute results.
+
+Used by ``jobs/minute_stats.py`` from ``foreachBatch`` (streaming) and by the tests and
+the backfill on plain DataFrames. The input DataFrame has the normalised source columns
+``value`` (binary), ``topic``, ``partition``, ``offset`` (Kafka) or ``file``, ``line``
+(files; ``partition``/``offset`` then identify the file and the line).
+
+Per batch, in order::
+
+    parse → guard (ts_outlier) → late check → count → publish (Kafka, stdout)
+          → Delta: quarantine, minute_uids, minute_stats → state file
+
+Counting state: the open (not yet final) minutes live in the driver — the exact set of
+uids per minute, or a HyperLogLog sketch per minute in approx mode — and are rebuilt
+from Delta on restart. Minutes are final once the watermark (largest accepted event
+time − delay) passes their end; then they leave memory. Frames of a final minute are
+``late``: quarantined, and (``late_corrections``) counted into a ``corrected`` result
+whose state is read back from Delta.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass, field, replace
+from typing import Callable
+
+from pyspark import StorageLevel
+from pyspark.sql import DataFrame
+from pyspark.sql import functions as F
+
+from doodlestats import guard, reasons
+from doodlestats.config import Config
+from doodlestats.parse import minute_of, parse_frames
+from doodlestats.results import CORRECTED, FINAL, PROVISIONAL, MinuteResult, iso
+from doodlestats.state import JobState, StateStore
+from doodlestats.tables import MINUTE_STATS, MINUTE_UIDS, QUARANTINE, Tables
+
+SAMPLE_ROWS = 2000
+
+
+def hll_lg_k(rsd: float) -> int:
+    """Smallest HyperLogLog lgConfigK whose standard error 1.04/sqrt(2^k) is <= rsd."""
+    return max(4, min(21, math.ceil(math.log2((1.04 / rsd) ** 2))))
+
+
+def hll_rsd(lg_k: int) -> float:
+    return round(1.04 / math.sqrt(2 ** lg_k), 5)
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+@dataclass
+class BatchReport:
+    batch_id: int
+    frames: int = 0
+    counted: int = 0
+    seconds: float = 0.0
+    quarantined: Counter = field(default_factory=Counter)
+    results: list[MinuteResult] = field(default_factory=list)
+    skipped: bool = False
+
+
+class MinuteStatsPipeline:
+    """Stateful processor of micro-batches. See the module docstring."""
+
+    def __init__(self, spark, cfg: Config, checkpoint: str, delta_root: str,
+                 publish: Callable[[list[MinuteResult]], None] | None = None,
+                 on_final: Callable[[list[MinuteResult]], None] | None = None,
+                 progress: bool = True):
+        self.spark, self.cfg = spark, cfg
+        self.mode = cfg.job.mode
+        self.lg_k = hll_lg_k(cfg.job.rsd)
+        self.rsd = hll_rsd(self.lg_k) if self.mode == "approx" else None
+        self.store = StateStore(checkpoint)
+        self.tables = Tables(spark, delta_root, app_id="minute_stats")
+        self.tables.ensure()
+        self.publish = publish or (lambda results: None)
+        self.on_final = on_final or (lambda results: None)
+        self.progress = progress
+        self.loaded_for: int | None = None   # batch id whose state the memory reflects
+        self.uids: dict[int, set[str]] = {}  # exact: open minute -> uids
+        self.sketch: dict[int, bytes] = {}   # approx: open minute -> HLL sketch
+        self.frames: dict[int, int] = {}     # open minute -> counted frames
+        self.quarantined_total: Counter = Counter()
+        self.last_end = time.time()
+
+    # ------------------------------------------------------------------ state
+    def _rebuild(self, st: JobState) -> None:
+        """Load the open minutes of state ``st`` from Delta (after a (re)start)."""
+        self.uids, self.sketch, self.frames = {}, {}, {}
+        lo = (st.watermark - 60) if st.watermark is not None else None
+        ms = self.tables.read(MINUTE_STATS)
+        if lo is not None:
+            ms = ms.where(F.col("ts") > lo)
+        for r in ms.select("ts", "frames", "hll").collect():
+            self.frames[r["ts"]] = r["frames"]
+            if r["hll"] is not None:
+                self.sketch[r["ts"]] = bytes(r["hll"])
+        if self.mode == "exact":
+            mu = self.tables.read(MINUTE_UIDS)
+            if lo is not None:
+                mu = mu.where(F.col("minute") > lo)
+            tbl = mu.select("minute", "uid").distinct().toArrow()
+            for m, u in zip(tbl.column("minute").to_pylist(), tbl.column("uid").to_pylist()):
+                self.uids.setdefault(m, set()).add(u)
+            for m in self.uids:
+                self.frames.setdefault(m, 0)
+        self.loaded_for = st.batch_id
+
+    def _final_state_of(self, minutes: list[int]) -> tuple[dict, dict, dict]:
+        """Stored uids / sketches / frames of minutes that already left memory."""
+        frames, sk, uids = {}, {}, {}
+        if not minutes:
+            return frames, sk, uids
+        for r in (self.tables.read(MINUTE_STATS).where(F.col("ts").isin(minutes))
+                  .select("ts", "frames", "hll").collect()):
+            frames[r["ts"]] = r["frames"]
+            if r["hll"] is not None:
+                sk[r["ts"]] = bytes(r["hll"])
+        if self.mode == "exact":
+            tbl = (self.tables.read(MINUTE_UIDS).where(F.col("minute").isin(minutes))
+                   .select("minute", "uid").distinct().toArrow())
+            for m, u in zip(tbl.column("minute").to_pylist(), tbl.column("uid").to_pylist()):
+                uids.setdefault(m, set()).add(u)
+        return frames, sk, uids
+
+    # ------------------------------------------------------------------ stages
+    def _sample_ref(self, df: DataFrame) -> int | None:
+        rows = (parse_frames(df.limit(SAMPLE_ROWS), self.cfg.job.parser)
+                .where(F.col("reason").isNull()).select("ts").collect())
+        ts = sorted(r["ts"] for r in rows)
+        return ts[len(ts) // 2] if len(ts) >= self.cfg.guard.min_neighbours else None
+
+    def _union_sketches(self, pairs: list[tuple[int, bytes]]) -> dict[int, tuple[bytes, int]]:
+        """minute -> (union sketch, estimate) over the given (minute, sketch) rows."""
+        df = self.spark.createDataFrame(pairs, "minute BIGINT, s BINARY")
+        rows = (df.groupBy("minute").agg(F.hll_union_agg("s", True).alias("s"))
+                  .select("minute", "s", F.hll_sketch_estimate("s").alias("n")).collect())
+        return {r["minute"]: (bytes(r["s"]), r["n"]) for r in rows}
+
+    # ------------------------------------------------------------------ batch
+    def process_batch(self, df: DataFrame, batch_id: int) -> BatchReport:
+        """Process one micro-batch; idempotent for a replayed ``batch_id``."""
+        t0 = time.time()
+        rep = BatchReport(batch_id)
+        if self.store.done(batch_id):
+            rep.skipped = True
+            log(f"batch {batch_id}: already committed, skipped")
+            return rep
+        st = self.store.load_before(batch_id)
+        if self.loaded_for != st.batch_id:
+            self._rebuild(st)
+        g = self.cfg.guard
+        ref = st.ref_ts if st.ref_ts is not None else self._sample_ref(df)
+
+        parsed = parse_frames(df, self.cfg.job.parser)
+        keep = guard.may_quarantine(ref, g.max_skew_s, st.watermark)
+        cached = (parsed.withColumn("keep", keep)
+                  .select("ts", "uid", "reason", "topic", "partition", "offset", "file", "line", "keep",
+                          F.when(F.col("keep"), F.col("value")).alias("raw"))
+                  .persist(StorageLevel.MEMORY_AND_DISK))
+        try:
+            stats = guard.neighbourhoods(cached, g.neighbourhood)
+            gp = guard.plan(stats, ref, g.min_neighbours)
+            rep.frames = gp.frames
+            if gp.frames:
+                self._count(cached, gp, st, batch_id, rep)
+            else:
+                self.store.save(replace(st, batch_id=batch_id))
+                self.loaded_for = batch_id
+        finally:
+            cached.unpersist()
+        rep.seconds = time.time() - t0
+        self._progress(rep)
+        return rep
+
+    def _count(self, cached: DataFrame, gp: guard.GuardPlan, st: JobState, batch_id: int,
+               rep: BatchReport) -> None:
+        cfg = self.cfg
+        wm_prev = st.watermark
+        g = guard.apply(cached, gp, cfg.guard.neighbourhood, cfg.guard.max_skew_s)
+        g = g.withColumn("minute", minute_of(F.col("ts")))
+        is_late = F.col("reason").isNull() & F.lit(wm_prev is not None) & \
+            ((F.col("minute") + 60) <= F.lit(wm_prev if wm_prev is not None else 0))
+        g = g.withColumn("late", is_late)
+        counted = g.where(F.col("reason").isNull() & (~F.col("late") | F.lit(cfg.job.late_corrections)))
+        quarantined = (g.where(F.col("reason").isNotNull() | F.col("late"))
+                        .withColumn("reason", F.coalesce("reason", F.lit(reasons.LATE))))
+
+        # 1. what the batch holds, collected to the driver (small)
+        rep.quarantined = Counter({r["reason"]: r["count"] for r in
+                                   quarantined.groupBy("reason").count().collect()})
+        if self.mode == "exact":
+            tbl = (counted.groupBy("minute", "uid")
+                   .agg(F.count(F.lit(1)).alias("n"), F.max("ts").alias("mx")).toArrow())
+            minutes = tbl.column("minute").to_pylist()
+            uids = tbl.column("uid").to_pylist()
+            ns = tbl.column("n").to_pylist()
+            mxs = tbl.column("mx").to_pylist()
+            batch_frames: Counter = Counter()
+            batch_uids: dict[int, list[str]] = {}
+            for m, u, n in zip(minutes, uids, ns):
+                batch_frames[m] += n
+                batch_uids.setdefault(m, []).append(u)
+            max_ts = max(mxs) if mxs else None
+            batch_sketch = {}
+        else:
+            rows = (counted.groupBy("minute")
+                    .agg(F.hll_sketch_agg("uid", self.lg_k).alias("s"), F.count(F.lit(1)).alias("n"),
+                         F.max("ts").alias("mx")).collect())
+            batch_frames = Counter({r["minute"]: r["n"] for r in rows})
+            batch_sketch = {r["minute"]: bytes(r["s"]) for r in rows}
+            batch_uids = {}
+            max_ts = max((r["mx"] for r in rows), default=None)
+        rep.counted = sum(batch_frames.values())
+
+        # 2. watermark and statuses
+        seen = [x for x in (st.max_ts, max_ts) if x is not None]
+        new_max = max(seen) if seen else None
+        wm_new = st.watermark
+        if new_max is not None:
+            cand = new_max - cfg.job.watermark_s
+            wm_new = cand if wm_new is None else max(wm_new, cand)
+        touched = set(batch_frames)
+        late_minutes = sorted(m for m in touched if wm_prev is not None and m + 60 <= wm_prev)
+        old_frames, old_sk, old_uids = self._final_state_of(late_minutes)
+        for m in late_minutes:  # corrections start from what was stored
+            self.frames[m] = old_frames.get(m, 0)
+            if self.mode == "exact":
+                self.uids[m] = old_uids.get(m, set())
+            elif m in old_sk:
+                self.sketch[m] = old_sk[m]
+        for m in touched:
+            self.frames[m] = self.frames.get(m, 0) + batch_frames[m]
+            if self.mode == "exact":
+                self.uids.setdefault(m, set()).update(batch_uids.get(m, ()))
+        estimates = {}
+        if self.mode == "approx" and touched:
+            merged = self._union_sketches([(m, s) for m, s in batch_sketch.items()] +
+                                          [(m, self.sketch[m]) for m in touched if m in self.sketch])
+            for m, (s, n) in merged.items():
+                self.sketch[m] = s
+                estimates[m] = int(round(n))
+        now = time.time()
+        newly_final = sorted(m for m in self.frames if m not in touched and wm_new is not None
+                             and m + 60 <= wm_new)
+        results = []
+        for m in sorted(touched) + newly_final:
+            if m in late_minutes:
+                status = CORRECTED
+            elif wm_new is not None and m + 60 <= wm_new:
+                status = FINAL
+            else:
+                status = PROVISIONAL
+            results.append(self._result(m, status, now, estimates.get(m)))
+        rep.results = results
+
+        # 3. publish first (at-least-once, absolute values), then make it durable
+        self.publish(results)
+        self.on_final([r for r in results if r.status != PROVISIONAL])
+        if sum(rep.quarantined.values()):
+            self.tables.append(QUARANTINE, quarantined.select(
+                "reason", "raw", "topic", "partition", "offset", "file", "line", "ts", "uid",
+                F.when(F.col("reason") == reasons.LATE, F.col("minute")).alias("minute"),
+                F.lit(batch_id).cast("bigint").alias("batch_id"),
+                F.current_timestamp().alias("quarantined_at"),
+                F.current_date().alias("date")), batch_id)
+        if self.mode == "exact" and rep.counted:
+            self.tables.append(MINUTE_UIDS, counted.select(
+                "minute", F.to_date(F.timestamp_seconds("minute")).alias("date"), "uid",
+                F.lit(batch_id).cast("bigint").alias("batch_id")).distinct(), batch_id)
+        self._upsert(results, batch_id)
+        for r in results:  # final and corrected minutes leave memory
+            if r.status != PROVISIONAL:
+                self._evict(r.minute)
+        self.store.save(JobState(batch_id, new_max, wm_new, gp.next_ref))
+        self.loaded_for = batch_id
+
+    def _result(self, m: int, status: str, now: float, estimate: int | None) -> MinuteResult:
+        if self.mode == "exact":
+            n = len(self.uids.get(m, ()))
+        else:
+            n = estimate if estimate is not None else self._estimate(m)
+        return MinuteResult(m, n, self.frames.get(m, 0), status, self.mode, self.rsd, now,
+                            self.sketch.get(m) if self.mode == "approx" else None)
+
+    def _estimate(self, m: int) -> int:
+        if m not in self.sketch:
+            return 0
+        return self._union_sketches([(m, self.sketch[m])])[m][1]
+
+    def _evict(self, m: int) -> None:
+        self.uids.pop(m, None)
+        self.sketch.pop(m, None)
+        self.frames.pop(m, None)
+
+    def _upsert(self, results: list[MinuteResult], batch_id: int) -> None:
+        if not results:
+            return
+        from doodlestats.tables import SCHEMAS
+        df = self.spark.createDataFrame([r.to_row(batch_id) for r in results], SCHEMAS[MINUTE_STATS])
+        self.tables.upsert_minutes(df)
+
+    # ------------------------------------------------------------------ end of input
+    def flush(self) -> list[MinuteResult]:
+        """End of input (``--available-now``): emit every open minute as final.
+
+        Moves the watermark past the newest open minute, so frames for these minutes
+        arriving in a later run are handled as late.
+        """
+        st = self.store.latest()
+        if st.batch_id < 0:
+            return []
+        if self.loaded_for != st.batch_id:
+            self._rebuild(st)
+        open_minutes = sorted(self.frames)
+        if not open_minutes:
+            return []
+        now = time.time()
+        estimates = {}
+        if self.mode == "approx":
+            merged = self._union_sketches([(m, self.sketch[m]) for m in open_minutes if m in self.sketch])
+            estimates = {m: int(round(n)) for m, (_, n) in merged.items()}
+        results = [self._result(m, FINAL, now, estimates.get(m)) for m in open_minutes]
+        self.publish(results)
+        self.on_final(results)
+        self._upsert(results, st.batch_id)
+        wm = max(st.watermark or 0, open_minutes[-1] + 60)
+        self.store.save(replace(st, watermark=wm))
+        for m in open_minutes:
+            self._evict(m)
+        log(f"end of input: {len(results)} open minute(s) emitted as final; watermark {iso(wm)}")
+        return results
+
+    # ------------------------------------------------------------------ progress
+    def _progress(self, rep: BatchReport) -> None:
+        self.quarantined_total.update(rep.quarantined)
+        now = time.time()
+        since = max(now - self.last_end, 1e-6)
+        self.last_end = now
+        if not self.progress:
+            return
+        st = self.store.latest()
+        wm = iso(st.watermark) if st.watermark is not None else "-"
+        state_rows = sum(len(s) for s in self.uids.values()) if self.mode == "exact" else len(self.sketch)
+        q = " ".join(f"{k}={v}" for k, v in sorted(self.quarantined_total.items())) or "none"
+        log(f"batch {rep.batch_id}: {rep.frames:,} frames | input {rep.frames / since:,.0f}/s | "
+            f"processed {rep.frames / max(rep.seconds, 1e-6):,.0f}/s in {rep.seconds:.1f}s | "
+            f"watermark {wm} | open minutes {len(self.frames)} | state rows {state_rows:,} | "
+            f"quarantined {q}")

@@ -1,0 +1,75 @@
+"""SparkSession for the jobs and the tests, with Kafka + Delta jars and the fast parser.
+
+Under ``./spark-submit.sh`` the jars and settings come from the command line and
+``conf/spark-defaults.conf``; :func:`get_spark` only fills what is missing, so the same
+code runs under a plain ``spark-submit --packages ...`` and in-process (tests)::
+
+    spark = get_spark("minute_stats", cfg)
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+from doodlestats.config import REPO_ROOT, Config
+
+SPARK_JARS = REPO_ROOT / ".deps" / "spark-jars"
+UDF_JAR = REPO_ROOT / "java" / "target" / "doodle-udf.jar"
+DEFAULTS = REPO_ROOT / "conf" / "spark-defaults.conf"
+
+
+def _defaults() -> dict[str, str]:
+    out = {}
+    for line in DEFAULTS.read_text().splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            k, _, v = line.partition(" ")
+            out[k] = v.strip()
+    return out
+
+
+def get_spark(app: str, cfg: Config, extra: dict[str, str] | None = None):
+    """The active SparkSession, or a new local one configured from ``conf/``."""
+    from pyspark.sql import SparkSession
+
+    active = SparkSession.getActiveSession()
+    if active is not None:
+        return active
+    in_submit = "pyspark-shell" in os.environ.get("PYSPARK_SUBMIT_ARGS", "") or \
+        os.environ.get("SPARK_ENV_LOADED") == "1"
+    b = SparkSession.builder.appName(app)
+    if not in_submit:
+        # in-process (tests, notebooks): mirror what spark-submit.sh passes
+        os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+        jars = sorted(str(p) for p in SPARK_JARS.glob("*.jar"))
+        if UDF_JAR.exists():
+            jars.append(str(UDF_JAR))
+        b = b.master(cfg.spark.master).config("spark.driver.memory", cfg.spark.driver_memory)
+        b = b.config("spark.jars", ",".join(jars))
+        for k, v in _defaults().items():
+            b = b.config(k, v)
+        log4j = REPO_ROOT / "conf" / "spark" / "log4j2.properties"
+        b = b.config("spark.driver.extraJavaOptions",
+                     f"-Duser.timezone=UTC -Dlog4j2.configurationFile={log4j}")
+    else:
+        b = b.config("spark.sql.extensions", "io.delta.sql.DeltaSparkSessionExtension") \
+             .config("spark.sql.catalog.spark_catalog", "org.apache.spark.sql.delta.catalog.DeltaCatalog") \
+             .config("spark.sql.session.timeZone", "UTC")
+    b = b.config("spark.sql.shuffle.partitions", str(cfg.spark.shuffle_partitions))
+    for k, v in (extra or {}).items():
+        b = b.config(k, v)
+    spark = b.getOrCreate()
+    spark.sparkContext.setLogLevel("WARN")
+    return spark
+
+
+def has_fast_parser(spark) -> bool:
+    """True if the JVM parser class is on the classpath."""
+    try:
+        spark._jvm.java.lang.Class.forName("doodle.udf.FrameParser", True,
+                                           spark._jvm.Thread.currentThread().getContextClassLoader())
+        return True
+    except Exception:  # noqa: BLE001 - py4j wraps ClassNotFoundException
+        return False

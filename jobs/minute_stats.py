@@ -1,0 +1,219 @@
+"""Unique users per event-time minute, from Kafka (or JSONL files) to Kafka and Delta.
+
+Reads frames from the Kafka topic ``doodle`` (or a directory of JSONL / .gz files),
+parses the root-level ``ts``/``uid`` with the JVM fast parser, quarantines what cannot
+be counted, and counts distinct users per one-minute UTC window — exactly, or with
+HyperLogLog. Each micro-batch publishes provisional results for the minutes it
+touched, final results for minutes the watermark passed, and corrected results for
+late frames, to the Kafka topic ``minuteStats`` and the Delta table ``minute_stats``.
+
+Run it::
+
+    ./spark-submit.sh jobs/minute_stats.py --available-now --print
+    ./spark-submit.sh jobs/minute_stats.py --mode approx --trigger 2
+    spark-submit --packages org.apache.spark:spark-sql-kafka-0-10_2.13:4.1.1,io.delta:delta-spark_4.1_2.13:4.4.0 \\
+        --jars java/target/doodle-udf.jar jobs/minute_stats.py --available-now
+
+Without ``--available-now`` it runs until stopped; SIGTERM or Ctrl-C stop it after the
+current micro-batch. Settings come from ``conf/doodle.toml``; flags override them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+from pathlib import Path
+
+try:
+    import doodlestats  # noqa: F401
+except ImportError:  # plain spark-submit from a clone: make the package importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from doodlestats.config import ConfigError, load_config  # noqa: E402
+from doodlestats.pipeline import log  # noqa: E402
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(prog="jobs/minute_stats.py", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    src = ap.add_argument_group("input")
+    src.add_argument("--source", choices=["kafka", "files"], default="kafka", help="default: kafka")
+    src.add_argument("--bootstrap-servers", help="Kafka bootstrap servers ([kafka] bootstrap_servers)")
+    src.add_argument("--topic", help="input topic ([kafka] input_topic)")
+    src.add_argument("--starting-offsets", help="earliest | latest | JSON offsets, first run only "
+                                                "([job] starting_offsets)")
+    src.add_argument("--max-offsets-per-trigger", type=int, help="([job] max_offsets_per_trigger)")
+    src.add_argument("--input-path", help="directory of JSONL / .gz files (with --source files)")
+    cnt = ap.add_argument_group("counting")
+    cnt.add_argument("--mode", choices=["exact", "approx"], help="([job] mode)")
+    cnt.add_argument("--rsd", type=float, help="HyperLogLog relative standard deviation ([job] rsd)")
+    cnt.add_argument("--watermark", type=int, metavar="SECONDS", help="watermark delay ([job] watermark_s)")
+    cnt.add_argument("--trigger", type=float, metavar="SECONDS", help="trigger interval ([job] trigger_s)")
+    cnt.add_argument("--parser", choices=["jvm", "python", "spark"], help="parse path ([job] parser)")
+    cnt.add_argument("--late-corrections", dest="late_corrections", action="store_true", default=None,
+                     help="count late frames into corrected results ([job] late_corrections)")
+    cnt.add_argument("--no-late-corrections", dest="late_corrections", action="store_false")
+    out = ap.add_argument_group("output")
+    out.add_argument("--output-topic", help="result topic ([kafka] output_topic)")
+    out.add_argument("--delta-path", help="root of the Delta tables ([paths] delta)")
+    out.add_argument("--checkpoint", help="checkpoint location ([paths] checkpoint)")
+    out.add_argument("--print", action="store_true",
+                     help="write final and corrected results to stdout, one JSON per line")
+    out.add_argument("--table", action="store_true", help="at the end, print the minute table from Delta")
+    run = ap.add_argument_group("run")
+    run.add_argument("--available-now", action="store_true",
+                     help="process what is available, emit open minutes as final, stop")
+    run.add_argument("--conf-file", help="configuration file (default conf/doodle.toml)")
+    args = ap.parse_args(argv)
+    if args.source == "files" and not args.input_path:
+        ap.error("--source files needs --input-path DIR")
+    if args.input_path and not Path(args.input_path).is_dir():
+        ap.error(f"--input-path: not a directory: {args.input_path}")
+    return args
+
+
+def build_config(args: argparse.Namespace):
+    return load_config(args.conf_file, {
+        "kafka.bootstrap_servers": args.bootstrap_servers, "kafka.input_topic": args.topic,
+        "kafka.output_topic": args.output_topic, "job.starting_offsets": args.starting_offsets,
+        "job.max_offsets_per_trigger": args.max_offsets_per_trigger, "job.mode": args.mode,
+        "job.rsd": args.rsd, "job.watermark_s": args.watermark, "job.trigger_s": args.trigger,
+        "job.parser": args.parser, "job.late_corrections": args.late_corrections,
+        "paths.delta": args.delta_path, "paths.checkpoint": args.checkpoint,
+    })
+
+
+def check_kafka(cfg, need_input: bool) -> None:
+    """Fail fast, before Spark starts, if the broker or the input topic is missing."""
+    from confluent_kafka.admin import AdminClient
+    try:
+        md = AdminClient({"bootstrap.servers": cfg.kafka.bootstrap_servers}).list_topics(timeout=10)
+    except Exception as e:  # noqa: BLE001
+        raise SystemExit(f"minute_stats: error: Kafka at {cfg.kafka.bootstrap_servers} does not answer "
+                         f"({e}) — start it with `make kafka-up`")
+    if need_input and cfg.kafka.input_topic not in md.topics:
+        raise SystemExit(f"minute_stats: error: input topic {cfg.kafka.input_topic!r} does not exist — "
+                         f"`make load INPUT=...` creates and fills it")
+
+
+def kafka_source(spark, cfg):
+    from pyspark.sql import functions as F
+    return (spark.readStream.format("kafka")
+            .option("kafka.bootstrap.servers", cfg.kafka.bootstrap_servers)
+            .option("subscribe", cfg.kafka.input_topic)
+            .option("startingOffsets", cfg.job.starting_offsets)
+            .option("maxOffsetsPerTrigger", cfg.job.max_offsets_per_trigger)
+            .load()
+            .select("value", "topic", "partition", "offset",
+                    F.lit(None).cast("string").alias("file"), F.lit(None).cast("bigint").alias("line")))
+
+
+def files_source(spark, path: str):
+    """JSONL / .gz files; each file is read as one split, so a row's position is its line."""
+    from pyspark.sql import functions as F
+    spark.conf.set("spark.sql.files.maxPartitionBytes", str(1 << 40))
+    spark.conf.set("spark.sql.files.openCostInBytes", str(1 << 40))
+    idx = F.monotonically_increasing_id().bitwiseAND(F.lit((1 << 33) - 1))
+    return (spark.readStream.format("text").load(path)
+            .select(F.col("value").cast("binary").alias("value"), F.lit(None).cast("string").alias("topic"),
+                    (F.crc32(F.col("_metadata.file_path")) % F.lit(2 ** 31)).cast("int").alias("partition"),
+                    idx.alias("offset"), F.col("_metadata.file_path").alias("file"), (idx + 1).alias("line")))
+
+
+class KafkaPublisher:
+    """Publishes minute results to the output topic: key = window_start, value = JSON."""
+
+    def __init__(self, bootstrap: str, topic: str):
+        from confluent_kafka import Producer
+        self.topic = topic
+        self.producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5, "acks": "all",
+                                  "enable.idempotence": True})
+        self.errors: list[str] = []
+
+    def __call__(self, results) -> None:
+        for r in results:
+            self.producer.produce(self.topic, r.to_bytes(), r.key.encode(),
+                                  on_delivery=lambda err, _m: err and self.errors.append(str(err)))
+        left = self.producer.flush(30)
+        if left or self.errors:
+            raise RuntimeError(f"publishing to {self.topic} failed: {self.errors[:1] or [f'{left} undelivered']}")
+
+
+def print_final(results) -> None:
+    for r in results:
+        sys.stdout.write(r.to_bytes().decode() + "\n")
+    sys.stdout.flush()
+
+
+def print_table(spark, delta_root: str) -> None:
+    from doodlestats.tables import MINUTE_STATS, Tables
+    rows = (Tables(spark, delta_root, "minute_stats").read(MINUTE_STATS)
+            .orderBy("ts").select("window_start", "unique_users", "frames", "status", "mode").collect())
+    print(f"{'minute (UTC)':<20} {'unique_users':>12} {'frames':>9}  status")
+    for r in rows:
+        print(f"{r['window_start'].strftime('%Y-%m-%d %H:%M'):<20} {r['unique_users']:>12,} "
+              f"{r['frames']:>9,}  {r['status']} ({r['mode']})")
+    print(f"{len(rows)} minutes, {sum(r['frames'] for r in rows):,} frames counted")
+    sys.stdout.flush()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        cfg = build_config(args)
+    except ConfigError as e:
+        print(f"minute_stats: error: {e}", file=sys.stderr)
+        return 2
+    check_kafka(cfg, need_input=args.source == "kafka")
+    from doodlestats.kafka_local import ensure_topic
+    ensure_topic(cfg, cfg.kafka.output_topic, cfg.kafka.output_partitions)
+
+    from doodlestats.pipeline import MinuteStatsPipeline
+    from doodlestats.session import get_spark, has_fast_parser
+    spark = get_spark("minute_stats", cfg)
+    if cfg.job.parser == "jvm" and not has_fast_parser(spark):
+        log("minute_stats: warning: doodle-udf.jar is not on the classpath (add --jars "
+            "java/target/doodle-udf.jar); falling back to --parser python")
+        cfg = build_config(argparse.Namespace(**{**vars(args), "parser": "python"}))
+    checkpoint, delta = str(cfg.path("checkpoint")), str(cfg.path("delta"))
+    pipeline = MinuteStatsPipeline(spark, cfg, checkpoint, delta, publish=KafkaPublisher(
+        cfg.kafka.bootstrap_servers, cfg.kafka.output_topic), on_final=print_final if args.print else None)
+
+    stream = kafka_source(spark, cfg) if args.source == "kafka" else files_source(spark, args.input_path)
+    writer = (stream.writeStream.foreachBatch(pipeline.process_batch)
+              .option("checkpointLocation", str(Path(checkpoint) / "spark"))
+              .queryName("minute_stats"))
+    writer = writer.trigger(availableNow=True) if args.available_now else \
+        writer.trigger(processingTime=f"{cfg.job.trigger_s} seconds")
+    log(f"minute_stats: {args.source} {cfg.kafka.input_topic if args.source == 'kafka' else args.input_path} "
+        f"→ {cfg.kafka.output_topic} + {delta} | mode {cfg.job.mode} | parser {cfg.job.parser} | "
+        f"watermark {cfg.job.watermark_s}s | checkpoint {checkpoint}")
+    query = writer.start()
+
+    stop = {"requested": False}
+
+    def on_signal(signum, _frame):
+        stop["requested"] = True
+        log(f"minute_stats: {signal.Signals(signum).name} received, stopping after the current batch")
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    while query.isActive:
+        if stop["requested"] and not query.status.get("isTriggerActive", False):
+            query.stop()
+            break
+        query.awaitTermination(0.5)
+    if query.exception() is not None:
+        log(f"minute_stats: query failed: {query.exception()}")
+        return 1
+    if args.available_now and not stop["requested"]:
+        pipeline.flush()
+    if args.table:
+        print_table(spark, delta)
+    spark.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
