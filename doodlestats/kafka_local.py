@@ -27,11 +27,12 @@ from pathlib import Path
 from doodlestats.config import REPO_ROOT, Config, ConfigError, load_config
 
 JARS = REPO_ROOT / ".deps" / "kafka-jars"
-RUN_DIR = Path(os.environ.get("DOODLE_KAFKA_DIR", REPO_ROOT / ".run" / "kafka"))
-PID_FILE = RUN_DIR / "broker.pid"
-LOG_FILE = RUN_DIR / "server.log"
-OUT_FILE = RUN_DIR / "stdout.log"
 LOG4J = REPO_ROOT / "conf" / "kafka" / "log4j2.properties"
+
+
+def run_dir() -> Path:
+    """Where the broker keeps data, logs and its PID file ($DOODLE_KAFKA_DIR or .run/kafka)."""
+    return Path(os.environ.get("DOODLE_KAFKA_DIR") or REPO_ROOT / ".run" / "kafka")
 
 
 class BrokerError(RuntimeError):
@@ -66,7 +67,7 @@ def _pid_alive(pid: int) -> bool:
 def running_pid() -> int | None:
     """PID of the broker started from this folder, if it is still alive."""
     try:
-        pid = int(PID_FILE.read_text().strip())
+        pid = int((run_dir() / 'broker.pid').read_text().strip())
     except (OSError, ValueError):
         return None
     return pid if _pid_alive(pid) else None
@@ -84,7 +85,7 @@ advertised.listeners=PLAINTEXT://{host}:{port}
 controller.listener.names=CONTROLLER
 inter.broker.listener.name=PLAINTEXT
 listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT
-log.dirs={RUN_DIR / 'data'}
+log.dirs={run_dir() / 'data'}
 num.partitions={k.input_partitions}
 auto.create.topics.enable=false
 offsets.topic.replication.factor=1
@@ -110,13 +111,13 @@ def _java() -> str:
 
 def _classpath() -> str:
     if not JARS.is_dir() or not any(JARS.glob("kafka_2.13-*.jar")):
-        raise BrokerError(f"Kafka jars not fetched yet ({JARS.relative_to(REPO_ROOT)}) — run `make setup`")
+        raise BrokerError(f"Kafka jars not fetched yet ({JARS}) — run `make setup`")
     return str(JARS / "*")
 
 
 def _run_tool(args: list[str]) -> None:
     cmd = [_java(), "-cp", _classpath(), f"-Dlog4j2.configurationFile={LOG4J}",
-           f"-Dkafka.logs.file={RUN_DIR / 'tool.log'}", *args]
+           f"-Dkafka.logs.file={run_dir() / 'tool.log'}", *args]
     res = subprocess.run(cmd, capture_output=True, text=True)
     if res.returncode != 0:
         raise BrokerError(f"{' '.join(args[:2])} failed: {res.stderr.strip() or res.stdout.strip()}")
@@ -133,8 +134,8 @@ def wait_ready(cfg: Config, timeout: float = 90.0, pid: int | None = None) -> No
     last = None
     while time.monotonic() < deadline:
         if pid is not None and not _pid_alive(pid):
-            tail = LOG_FILE.read_text()[-2000:] if LOG_FILE.exists() else ""
-            raise BrokerError(f"broker exited during start-up; see {LOG_FILE}\n{tail}")
+            tail = (run_dir() / 'server.log').read_text()[-2000:] if (run_dir() / 'server.log').exists() else ""
+            raise BrokerError(f"broker exited during start-up; see {(run_dir() / 'server.log')}\n{tail}")
         if _port_open(cfg.kafka.host, cfg.kafka.port):
             try:
                 md = _admin(cfg).list_topics(timeout=5)
@@ -143,7 +144,7 @@ def wait_ready(cfg: Config, timeout: float = 90.0, pid: int | None = None) -> No
             except Exception as e:  # noqa: BLE001 - still starting
                 last = e
         time.sleep(0.5)
-    raise BrokerError(f"broker did not answer within {timeout:.0f}s ({last}); see {LOG_FILE}")
+    raise BrokerError(f"broker did not answer within {timeout:.0f}s ({last}); see {(run_dir() / 'server.log')}")
 
 
 def ensure_topic(cfg: Config, name: str, partitions: int) -> bool:
@@ -172,7 +173,7 @@ def ensure_topic(cfg: Config, name: str, partitions: int) -> bool:
 
 def up(cfg: Config) -> int:
     """Start the broker (if needed) and create the configured topics. Returns its PID."""
-    RUN_DIR.mkdir(parents=True, exist_ok=True)
+    run_dir().mkdir(parents=True, exist_ok=True)
     pid = running_pid()
     if pid is not None:
         wait_ready(cfg, pid=pid)
@@ -184,21 +185,21 @@ def up(cfg: Config) -> int:
                 raise BrokerError(
                     f"port {cfg.kafka.host}:{port} is already in use by another process — stop it, "
                     f"or change [kafka] bootstrap_servers/controller_port in conf/doodle.toml")
-        props = RUN_DIR / "server.properties"
+        props = run_dir() / "server.properties"
         props.write_text(server_properties(cfg))
-        if not (RUN_DIR / "data" / "meta.properties").exists():
+        if not (run_dir() / "data" / "meta.properties").exists():
             cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
-            _say(f"formatting storage in {RUN_DIR / 'data'} (cluster {cluster_id})")
+            _say(f"formatting storage in {run_dir() / 'data'} (cluster {cluster_id})")
             _run_tool(["kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(props)])
         heap = cfg.kafka.broker_heap
         cmd = [java, f"-Xms{heap}", f"-Xmx{heap}", "-XX:+UseG1GC", "-Djava.awt.headless=true",
-               f"-Dlog4j2.configurationFile={LOG4J}", f"-Dkafka.logs.file={LOG_FILE}",
+               f"-Dlog4j2.configurationFile={LOG4J}", f"-Dkafka.logs.file={(run_dir() / 'server.log')}",
                "-cp", cp, "kafka.Kafka", str(props)]
-        with open(OUT_FILE, "ab") as out:
+        with open((run_dir() / 'stdout.log'), "ab") as out:
             proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                    start_new_session=True, cwd=RUN_DIR)
-        PID_FILE.write_text(f"{proc.pid}\n")
-        _say(f"starting broker (pid {proc.pid}), log {LOG_FILE.relative_to(REPO_ROOT)}")
+                                    start_new_session=True, cwd=run_dir())
+        (run_dir() / 'broker.pid').write_text(f"{proc.pid}\n")
+        _say(f"starting broker (pid {proc.pid}), log {run_dir() / 'server.log'}")
         t0 = time.monotonic()
         wait_ready(cfg, pid=proc.pid)
         _say(f"ready on {cfg.kafka.bootstrap_servers} after {time.monotonic() - t0:.1f}s")
@@ -214,7 +215,7 @@ def down(timeout: float = 30.0) -> bool:
     """Stop the broker of our PID file (SIGTERM, then SIGKILL). True if one was stopped."""
     pid = running_pid()
     if pid is None:
-        PID_FILE.unlink(missing_ok=True)
+        (run_dir() / 'broker.pid').unlink(missing_ok=True)
         _say("not running")
         return False
     os.kill(pid, signal.SIGTERM)
@@ -226,7 +227,7 @@ def down(timeout: float = 30.0) -> bool:
         os.kill(pid, signal.SIGKILL)
         while _pid_alive(pid):
             time.sleep(0.1)
-    PID_FILE.unlink(missing_ok=True)
+    (run_dir() / 'broker.pid').unlink(missing_ok=True)
     _say(f"stopped (pid {pid})")
     return True
 
@@ -246,7 +247,7 @@ def main(argv: list[str] | None = None) -> int:
             down()
         elif args.command == "reset":
             down()
-            shutil.rmtree(RUN_DIR / "data", ignore_errors=True)
+            shutil.rmtree(run_dir() / "data", ignore_errors=True)
             _say("data deleted")
         else:
             pid = running_pid()

@@ -21,9 +21,11 @@ whose state is read back from Delta.
 from __future__ import annotations
 
 import math
+import os
 import sys
 import time
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import Callable
 
@@ -63,6 +65,12 @@ class BatchReport:
     quarantined: Counter = field(default_factory=Counter)
     results: list[MinuteResult] = field(default_factory=list)
     skipped: bool = False
+    steps: dict[str, float] = field(default_factory=dict)
+
+    def step(self, name: str, since: float) -> float:
+        now = time.time()
+        self.steps[name] = self.steps.get(name, 0.0) + now - since
+        return now
 
 
 class MinuteStatsPipeline:
@@ -88,6 +96,7 @@ class MinuteStatsPipeline:
         self.frames: dict[int, int] = {}     # open minute -> counted frames
         self.quarantined_total: Counter = Counter()
         self.last_end = time.time()
+        self.pool = ThreadPoolExecutor(max_workers=3, thread_name_prefix="delta-write")
 
     # ------------------------------------------------------------------ state
     def _rebuild(self, st: JobState) -> None:
@@ -165,8 +174,10 @@ class MinuteStatsPipeline:
                           F.when(F.col("keep"), F.col("value")).alias("raw"))
                   .persist(StorageLevel.MEMORY_AND_DISK))
         try:
+            t = rep.step("prepare", t0)
             stats = guard.neighbourhoods(cached, g.neighbourhood)
             gp = guard.plan(stats, ref, g.min_neighbours)
+            rep.step("read+parse", t)
             rep.frames = gp.frames
             if gp.frames:
                 self._count(cached, gp, st, batch_id, rep)
@@ -192,32 +203,42 @@ class MinuteStatsPipeline:
         quarantined = (g.where(F.col("reason").isNotNull() | F.col("late"))
                         .withColumn("reason", F.coalesce("reason", F.lit(reasons.LATE))))
 
-        # 1. what the batch holds, collected to the driver (small)
-        rep.quarantined = Counter({r["reason"]: r["count"] for r in
-                                   quarantined.groupBy("reason").count().collect()})
-        if self.mode == "exact":
-            tbl = (counted.groupBy("minute", "uid")
-                   .agg(F.count(F.lit(1)).alias("n"), F.max("ts").alias("mx")).toArrow())
-            minutes = tbl.column("minute").to_pylist()
-            uids = tbl.column("uid").to_pylist()
-            ns = tbl.column("n").to_pylist()
-            mxs = tbl.column("mx").to_pylist()
-            batch_frames: Counter = Counter()
-            batch_uids: dict[int, list[str]] = {}
-            for m, u, n in zip(minutes, uids, ns):
-                batch_frames[m] += n
+        # 1. what the batch holds, collected to the driver in ONE job: per-minute
+        #    aggregates of the counted frames + quarantine counts per reason
+        t = time.time()
+        none = {"reason": F.lit(None).cast("string"), "minute": F.lit(None).cast("bigint"),
+                "uid": F.lit(None).cast("string"), "mx": F.lit(None).cast("bigint"),
+                "s": F.lit(None).cast("binary")}
+        n = F.count(F.lit(1)).alias("n")
+        if self.mode == "exact":  # distinct (minute, uid) pairs with their frame counts
+            counts = counted.groupBy("minute", "uid").agg(n, F.max("ts").alias("mx"))
+        else:                     # one HLL sketch per minute
+            counts = counted.groupBy("minute").agg(n, F.max("ts").alias("mx"),
+                                                   F.hll_sketch_agg("uid", self.lg_k).alias("s"))
+        cols = ["reason", "minute", "uid", "n", "mx", "s"]
+        counts = counts.select(*[F.col(c) if c in counts.columns else none[c].alias(c) for c in cols])
+        q = quarantined.groupBy("reason").agg(n)
+        q = q.select(*[F.col(c) if c in q.columns else none[c].alias(c) for c in cols])
+        tbl = counts.unionByName(q).toArrow()
+        reason_col = tbl.column("reason").to_pylist()
+        minutes, uids = tbl.column("minute").to_pylist(), tbl.column("uid").to_pylist()
+        ns, mxs, sks = tbl.column("n").to_pylist(), tbl.column("mx").to_pylist(), tbl.column("s").to_pylist()
+        batch_frames: Counter = Counter()
+        batch_uids: dict[int, list[str]] = {}
+        batch_sketch: dict[int, bytes] = {}
+        max_ts = None
+        for reason, m, u, k, mx, sk in zip(reason_col, minutes, uids, ns, mxs, sks):
+            if reason is not None:
+                rep.quarantined[reason] += k
+                continue
+            batch_frames[m] += k
+            max_ts = mx if max_ts is None or mx > max_ts else max_ts
+            if u is not None:
                 batch_uids.setdefault(m, []).append(u)
-            max_ts = max(mxs) if mxs else None
-            batch_sketch = {}
-        else:
-            rows = (counted.groupBy("minute")
-                    .agg(F.hll_sketch_agg("uid", self.lg_k).alias("s"), F.count(F.lit(1)).alias("n"),
-                         F.max("ts").alias("mx")).collect())
-            batch_frames = Counter({r["minute"]: r["n"] for r in rows})
-            batch_sketch = {r["minute"]: bytes(r["s"]) for r in rows}
-            batch_uids = {}
-            max_ts = max((r["mx"] for r in rows), default=None)
+            if sk is not None:
+                batch_sketch[m] = bytes(sk)
         rep.counted = sum(batch_frames.values())
+        t = rep.step("collect", t)
 
         # 2. watermark and statuses
         seen = [x for x in (st.max_ts, max_ts) if x is not None]
@@ -259,22 +280,31 @@ class MinuteStatsPipeline:
                 status = PROVISIONAL
             results.append(self._result(m, status, now, estimates.get(m)))
         rep.results = results
+        t = rep.step("count", t)
 
         # 3. publish first (at-least-once, absolute values), then make it durable
         self.publish(results)
         self.on_final([r for r in results if r.status != PROVISIONAL])
+        t = rep.step("publish", t)
+        # the three Delta writes are independent: run them concurrently (each is mostly
+        # driver-side commit work on this small machine); the state file comes after all
+        writes: dict[str, Callable[[], None]] = {}
         if sum(rep.quarantined.values()):
-            self.tables.append(QUARANTINE, quarantined.select(
+            writes["quarantine"] = lambda: self.tables.append(QUARANTINE, quarantined.select(
                 "reason", "raw", "topic", "partition", "offset", "file", "line", "ts", "uid",
                 F.when(F.col("reason") == reasons.LATE, F.col("minute")).alias("minute"),
                 F.lit(batch_id).cast("bigint").alias("batch_id"),
                 F.current_timestamp().alias("quarantined_at"),
                 F.current_date().alias("date")), batch_id)
         if self.mode == "exact" and rep.counted:
-            self.tables.append(MINUTE_UIDS, counted.select(
+            writes["minute_uids"] = lambda: self.tables.append(MINUTE_UIDS, counted.select(
                 "minute", F.to_date(F.timestamp_seconds("minute")).alias("date"), "uid",
                 F.lit(batch_id).cast("bigint").alias("batch_id")).distinct(), batch_id)
-        self._upsert(results, batch_id)
+        writes["minute_stats"] = lambda: self._upsert(results, batch_id)
+        futures = {name: self.pool.submit(fn) for name, fn in writes.items()}
+        for name, fut in futures.items():
+            fut.result()  # re-raises: the batch fails and is replayed, nothing is lost
+        t = rep.step("delta", t)
         for r in results:  # final and corrected minutes leave memory
             if r.status != PROVISIONAL:
                 self._evict(r.minute)
@@ -353,3 +383,5 @@ class MinuteStatsPipeline:
             f"processed {rep.frames / max(rep.seconds, 1e-6):,.0f}/s in {rep.seconds:.1f}s | "
             f"watermark {wm} | open minutes {len(self.frames)} | state rows {state_rows:,} | "
             f"quarantined {q}")
+        if os.environ.get("DOODLE_TIMINGS"):
+            log("  steps: " + ", ".join(f"{k} {v:.2f}s" for k, v in rep.steps.items()))
