@@ -19,7 +19,7 @@ STAMP_VENV  := $(VENV)/.installed
 STAMP_SPARK := .deps/spark-jars/.fetched
 STAMP_KAFKA := .deps/kafka-jars/.fetched
 
-.PHONY: help setup run test test-fast kafka-up kafka-down kafka-status sample load stats bench clean distclean
+.PHONY: help setup run test test-fast bench-smoke kafka-up kafka-down kafka-status sample load stats bench clean distclean
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
@@ -87,3 +87,6 @@ clean: kafka-down ## stop the broker, delete data and runtime state (keeps set-u
 
 distclean: clean ## also delete the virtualenv and fetched jars
 	rm -rf $(VENV) .deps java/target
+
+bench-smoke: setup ## the benchmark harness on a tiny input (CI keeps it working)
+	$(VPY) -m bench.run --frames 20000 --smoke

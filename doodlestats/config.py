@@ -64,9 +64,10 @@ class JobConf:
     watermark_s: int = 5
     trigger_s: float = 1.0
     starting_offsets: str = "earliest"
-    max_offsets_per_trigger: int = 500_000
+    max_offsets_per_trigger: int = 1_000_000
     late_corrections: bool = True
     parser: str = "jvm"
+    idle_partition_s: float = 30.0
 
 
 @dataclass(frozen=True)
@@ -150,6 +151,8 @@ def _check(cfg: Config) -> None:
             f"job.starting_offsets: expected earliest, latest or a JSON offsets object, got {j.starting_offsets!r}")
     if j.max_offsets_per_trigger < 1:
         raise ConfigError(f"job.max_offsets_per_trigger: must be >= 1, got {j.max_offsets_per_trigger}")
+    if j.idle_partition_s <= 0:
+        raise ConfigError(f"job.idle_partition_s: must be > 0, got {j.idle_partition_s}")
     if j.parser not in ("jvm", "python", "spark"):
         raise ConfigError(f"job.parser: expected jvm, python or spark, got {j.parser!r}")
     if g.max_skew_s < 60:

@@ -95,13 +95,21 @@ class MinuteStatsPipeline:
         self.sketch: dict[int, bytes] = {}   # approx: open minute -> HLL sketch
         self.frames: dict[int, int] = {}     # open minute -> counted frames
         self.quarantined_total: Counter = Counter()
+        self.totals = {"batches": 0, "frames": 0, "counted": 0, "batch_seconds": 0.0}
         self.last_end = time.time()
         self.pool = ThreadPoolExecutor(max_workers=3, thread_name_prefix="delta-write")
 
     # ------------------------------------------------------------------ state
     def _rebuild(self, st: JobState) -> None:
-        """Load the open minutes of state ``st`` from Delta (after a (re)start)."""
+        """Load the open minutes of state ``st`` from Delta (after a (re)start).
+
+        A checkpoint without state (a first run) starts empty: the Delta tables belong
+        to their checkpoint, and a new checkpoint means a new count.
+        """
         self.uids, self.sketch, self.frames = {}, {}, {}
+        self.loaded_for = st.batch_id
+        if st.batch_id < 0:
+            return
         lo = (st.watermark - 60) if st.watermark is not None else None
         ms = self.tables.read(MINUTE_STATS)
         if lo is not None:
@@ -206,46 +214,55 @@ class MinuteStatsPipeline:
         # 1. what the batch holds, collected to the driver in ONE job: per-minute
         #    aggregates of the counted frames + quarantine counts per reason
         t = time.time()
-        none = {"reason": F.lit(None).cast("string"), "minute": F.lit(None).cast("bigint"),
-                "uid": F.lit(None).cast("string"), "mx": F.lit(None).cast("bigint"),
-                "s": F.lit(None).cast("binary")}
+        cols = {"kind": "string", "reason": "string", "minute": "bigint", "uid": "string", "n": "bigint",
+                "mx": "bigint", "s": "binary", "src": "string", "partition": "int"}
+
+        def shape(df: DataFrame, kind: str) -> DataFrame:
+            return df.select(F.lit(kind).alias("kind"), *[
+                F.col(c) if c in df.columns else F.lit(None).cast(t).alias(c)
+                for c, t in cols.items() if c != "kind"])
+
         n = F.count(F.lit(1)).alias("n")
         if self.mode == "exact":  # distinct (minute, uid) pairs with their frame counts
             counts = counted.groupBy("minute", "uid").agg(n, F.max("ts").alias("mx"))
         else:                     # one HLL sketch per minute
             counts = counted.groupBy("minute").agg(n, F.max("ts").alias("mx"),
                                                    F.hll_sketch_agg("uid", self.lg_k).alias("s"))
-        cols = ["reason", "minute", "uid", "n", "mx", "s"]
-        counts = counts.select(*[F.col(c) if c in counts.columns else none[c].alias(c) for c in cols])
-        q = quarantined.groupBy("reason").agg(n)
-        q = q.select(*[F.col(c) if c in q.columns else none[c].alias(c) for c in cols])
-        tbl = counts.unionByName(q).toArrow()
-        reason_col = tbl.column("reason").to_pylist()
-        minutes, uids = tbl.column("minute").to_pylist(), tbl.column("uid").to_pylist()
-        ns, mxs, sks = tbl.column("n").to_pylist(), tbl.column("mx").to_pylist(), tbl.column("s").to_pylist()
+        per_partition = (counted.where(~F.col("late"))
+                         .groupBy(F.coalesce("topic", "file").alias("src"), "partition")
+                         .agg(F.max("ts").alias("mx")))
+        tbl = (shape(counts, "count")
+               .unionByName(shape(quarantined.groupBy("reason").agg(n), "quarantine"))
+               .unionByName(shape(per_partition, "partition"))).toArrow()
         batch_frames: Counter = Counter()
         batch_uids: dict[int, list[str]] = {}
         batch_sketch: dict[int, bytes] = {}
+        batch_partitions: dict[str, int] = {}
         max_ts = None
-        for reason, m, u, k, mx, sk in zip(reason_col, minutes, uids, ns, mxs, sks):
-            if reason is not None:
+        for kind, reason, m, u, k, mx, sk, src, part in zip(*(tbl.column(c).to_pylist() for c in cols)):
+            if kind == "quarantine":
                 rep.quarantined[reason] += k
-                continue
-            batch_frames[m] += k
-            max_ts = mx if max_ts is None or mx > max_ts else max_ts
-            if u is not None:
-                batch_uids.setdefault(m, []).append(u)
-            if sk is not None:
-                batch_sketch[m] = bytes(sk)
+            elif kind == "partition":
+                batch_partitions[f"{src}#{part}"] = mx
+            else:
+                batch_frames[m] += k
+                max_ts = mx if max_ts is None or mx > max_ts else max_ts
+                if u is not None:
+                    batch_uids.setdefault(m, []).append(u)
+                if sk is not None:
+                    batch_sketch[m] = bytes(sk)
         rep.counted = sum(batch_frames.values())
         t = rep.step("collect", t)
 
-        # 2. watermark and statuses
+        # 2. watermark and statuses: the slowest active partition decides
         seen = [x for x in (st.max_ts, max_ts) if x is not None]
         new_max = max(seen) if seen else None
+        partitions, now = self._partitions_after(st, batch_partitions)
+        idle = cfg.job.idle_partition_s
+        active = [mx for mx, last in partitions.values() if now - last <= idle]
         wm_new = st.watermark
-        if new_max is not None:
-            cand = new_max - cfg.job.watermark_s
+        if active:
+            cand = min(active) - cfg.job.watermark_s
             wm_new = cand if wm_new is None else max(wm_new, cand)
         touched = set(batch_frames)
         late_minutes = sorted(m for m in touched if wm_prev is not None and m + 60 <= wm_prev)
@@ -308,8 +325,18 @@ class MinuteStatsPipeline:
         for r in results:  # final and corrected minutes leave memory
             if r.status != PROVISIONAL:
                 self._evict(r.minute)
-        self.store.save(JobState(batch_id, new_max, wm_new, gp.next_ref))
+        self.store.save(JobState(batch_id, new_max, wm_new, gp.next_ref, partitions))
         self.loaded_for = batch_id
+
+    def _partitions_after(self, st: JobState, batch: dict[str, int]) -> tuple[dict, float]:
+        """Per-partition [largest accepted ts, last seen] after this batch; long-idle ones pruned."""
+        now = time.time()
+        parts = {k: list(v) for k, v in (st.partitions or {}).items()
+                 if now - v[1] <= 10 * self.cfg.job.idle_partition_s}
+        for key, mx in batch.items():
+            old = parts.get(key)
+            parts[key] = [mx if old is None else max(old[0], mx), now]
+        return parts, now
 
     def _result(self, m: int, status: str, now: float, estimate: int | None) -> MinuteResult:
         if self.mode == "exact":
@@ -370,6 +397,10 @@ class MinuteStatsPipeline:
     # ------------------------------------------------------------------ progress
     def _progress(self, rep: BatchReport) -> None:
         self.quarantined_total.update(rep.quarantined)
+        self.totals["batches"] += 1
+        self.totals["frames"] += rep.frames
+        self.totals["counted"] += rep.counted
+        self.totals["batch_seconds"] += rep.seconds
         now = time.time()
         since = max(now - self.last_end, 1e-6)
         self.last_end = now

@@ -73,3 +73,44 @@ def has_fast_parser(spark) -> bool:
         return True
     except Exception:  # noqa: BLE001 - py4j wraps ClassNotFoundException
         return False
+
+
+def route_stderr_past_spark_submit() -> None:
+    """Send this driver's stderr to spark-submit's stderr.
+
+    Under ``spark-submit`` the Python driver is a child of the JVM, which merges the
+    child's stderr into its own *stdout*. Jobs promise that stdout carries only their
+    results (``--print``), so logs and tracebacks are routed to the JVM's stderr instead.
+    A no-op outside spark-submit or where /proc is not available.
+    """
+    ppid = os.getppid()
+    try:
+        if b"SparkSubmit" not in Path(f"/proc/{ppid}/cmdline").read_bytes():
+            return
+    except OSError:
+        return
+    fd = _dup_from(ppid, 2)
+    if fd is None:
+        try:  # same file, own offset: fine for terminals and pipes
+            fd = os.open(f"/proc/{ppid}/fd/2", os.O_WRONLY | os.O_APPEND)
+        except OSError:
+            return
+    sys.stderr.flush()
+    os.dup2(fd, 2)
+    os.close(fd)
+
+
+def _dup_from(pid: int, target_fd: int) -> int | None:
+    """Duplicate another process's file descriptor (pidfd_getfd, Linux >= 5.6): the very
+    same open file, sharing its offset. None where not permitted or not supported."""
+    import ctypes
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        pidfd = os.pidfd_open(pid)
+    except (OSError, AttributeError):
+        return None
+    try:
+        fd = libc.syscall(438, pidfd, target_fd, 0)  # SYS_pidfd_getfd on x86_64 and arm64
+        return fd if fd >= 0 else None
+    finally:
+        os.close(pidfd)

@@ -31,6 +31,8 @@ class JobState:
     max_ts: int | None = None     # largest accepted event time (unix s) so far
     watermark: int | None = None  # a minute [m, m+60) is final once m + 60 <= watermark
     ref_ts: int | None = None     # timestamp guard reference (median of the newest neighbourhoods)
+    # per source partition ("topic#partition" or "file#id"): [largest accepted ts, unix time last seen]
+    partitions: dict | None = None
 
     def is_final(self, minute: int) -> bool:
         return self.watermark is not None and minute + 60 <= self.watermark

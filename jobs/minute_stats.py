@@ -21,8 +21,10 @@ current micro-batch. Settings come from ``conf/doodle.toml``; flags override the
 from __future__ import annotations
 
 import argparse
+import json
 import signal
 import sys
+import time
 from pathlib import Path
 
 try:
@@ -61,6 +63,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     out.add_argument("--print", action="store_true",
                      help="write final and corrected results to stdout, one JSON per line")
     out.add_argument("--table", action="store_true", help="at the end, print the minute table from Delta")
+    out.add_argument("--metrics-file", help="at the end, write run metrics (frames, seconds, ...) as JSON")
     run = ap.add_argument_group("run")
     run.add_argument("--available-now", action="store_true",
                      help="process what is available, emit open minutes as final, stop")
@@ -159,6 +162,8 @@ def print_table(spark, delta_root: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from doodlestats.session import route_stderr_past_spark_submit
+    route_stderr_past_spark_submit()
     args = parse_args(argv)
     try:
         cfg = build_config(args)
@@ -189,6 +194,7 @@ def main(argv: list[str] | None = None) -> int:
     log(f"minute_stats: {args.source} {cfg.kafka.input_topic if args.source == 'kafka' else args.input_path} "
         f"→ {cfg.kafka.output_topic} + {delta} | mode {cfg.job.mode} | parser {cfg.job.parser} | "
         f"watermark {cfg.job.watermark_s}s | checkpoint {checkpoint}")
+    started = time.time()
     query = writer.start()
 
     stop = {"requested": False}
@@ -209,6 +215,10 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     if args.available_now and not stop["requested"]:
         pipeline.flush()
+    if args.metrics_file:
+        Path(args.metrics_file).write_text(json.dumps({
+            **pipeline.totals, "query_seconds": round(time.time() - started, 3), "mode": cfg.job.mode,
+            "parser": cfg.job.parser, "quarantined": dict(pipeline.quarantined_total)}, indent=1))
     if args.table:
         print_table(spark, delta)
     spark.stop()
