@@ -25,10 +25,10 @@ import os
 import sys
 import time
 from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import Callable
 
+import pyarrow as pa
 from pyspark import StorageLevel
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
@@ -38,9 +38,10 @@ from doodlestats.config import Config
 from doodlestats.parse import minute_of, parse_frames
 from doodlestats.results import CORRECTED, FINAL, PROVISIONAL, MinuteResult, iso
 from doodlestats.state import JobState, StateStore
-from doodlestats.tables import MINUTE_STATS, MINUTE_UIDS, QUARANTINE, Tables
+from doodlestats.tables import MINUTE_STATS, MINUTE_UIDS, QUARANTINE, SCHEMAS, Tables, minute_date
 
 SAMPLE_ROWS = 2000
+QUARANTINE_VIA_DRIVER = 200_000  # more quarantined frames per batch than this: Spark writes them
 
 
 def hll_lg_k(rsd: float) -> int:
@@ -85,7 +86,7 @@ class MinuteStatsPipeline:
         self.lg_k = hll_lg_k(cfg.job.rsd)
         self.rsd = hll_rsd(self.lg_k) if self.mode == "approx" else None
         self.store = StateStore(checkpoint)
-        self.tables = Tables(spark, delta_root, app_id="minute_stats")
+        self.tables = Tables(delta_root, app_id="minute_stats")
         self.tables.ensure()
         self.publish = publish or (lambda results: None)
         self.on_final = on_final or (lambda results: None)
@@ -97,9 +98,22 @@ class MinuteStatsPipeline:
         self.quarantined_total: Counter = Counter()
         self.totals = {"batches": 0, "frames": 0, "counted": 0, "batch_seconds": 0.0}
         self.last_end = time.time()
-        self.pool = ThreadPoolExecutor(max_workers=3, thread_name_prefix="delta-write")
 
     # ------------------------------------------------------------------ state
+    def _load_minutes(self, filters) -> tuple[dict, dict, dict]:
+        """(frames, sketches, uid sets) per minute stored in Delta, for ``filters``."""
+        frames, sk, uids = {}, {}, {}
+        ms = self.tables.read(MINUTE_STATS, [("ts",) + f[1:] for f in filters], ["ts", "frames", "hll"])
+        for m, n, h in zip(*(ms.column(c).to_pylist() for c in ("ts", "frames", "hll"))):
+            frames[m] = n
+            if h is not None:
+                sk[m] = bytes(h)
+        if self.mode == "exact":
+            mu = self.tables.read(MINUTE_UIDS, [("minute",) + f[1:] for f in filters], ["minute", "uid"])
+            for m, u in zip(mu.column("minute").to_pylist(), mu.column("uid").to_pylist()):
+                uids.setdefault(m, set()).add(u)
+        return frames, sk, uids
+
     def _rebuild(self, st: JobState) -> None:
         """Load the open minutes of state ``st`` from Delta (after a (re)start).
 
@@ -107,44 +121,19 @@ class MinuteStatsPipeline:
         to their checkpoint, and a new checkpoint means a new count.
         """
         self.uids, self.sketch, self.frames = {}, {}, {}
-        self.loaded_for = st.batch_id
-        if st.batch_id < 0:
-            return
-        lo = (st.watermark - 60) if st.watermark is not None else None
-        ms = self.tables.read(MINUTE_STATS)
-        if lo is not None:
-            ms = ms.where(F.col("ts") > lo)
-        for r in ms.select("ts", "frames", "hll").collect():
-            self.frames[r["ts"]] = r["frames"]
-            if r["hll"] is not None:
-                self.sketch[r["ts"]] = bytes(r["hll"])
-        if self.mode == "exact":
-            mu = self.tables.read(MINUTE_UIDS)
-            if lo is not None:
-                mu = mu.where(F.col("minute") > lo)
-            tbl = mu.select("minute", "uid").distinct().toArrow()
-            for m, u in zip(tbl.column("minute").to_pylist(), tbl.column("uid").to_pylist()):
-                self.uids.setdefault(m, set()).add(u)
-            for m in self.uids:
+        self.loaded_for = None
+        if st.batch_id >= 0:
+            lo = (st.watermark - 60) if st.watermark is not None else -1
+            self.frames, self.sketch, self.uids = self._load_minutes([("m", ">", lo)])
+            for m in self.uids:  # pairs of a batch whose minute_stats commit was cut short
                 self.frames.setdefault(m, 0)
         self.loaded_for = st.batch_id
 
     def _final_state_of(self, minutes: list[int]) -> tuple[dict, dict, dict]:
-        """Stored uids / sketches / frames of minutes that already left memory."""
-        frames, sk, uids = {}, {}, {}
+        """Stored frames / sketches / uids of minutes that already left memory."""
         if not minutes:
-            return frames, sk, uids
-        for r in (self.tables.read(MINUTE_STATS).where(F.col("ts").isin(minutes))
-                  .select("ts", "frames", "hll").collect()):
-            frames[r["ts"]] = r["frames"]
-            if r["hll"] is not None:
-                sk[r["ts"]] = bytes(r["hll"])
-        if self.mode == "exact":
-            tbl = (self.tables.read(MINUTE_UIDS).where(F.col("minute").isin(minutes))
-                   .select("minute", "uid").distinct().toArrow())
-            for m, u in zip(tbl.column("minute").to_pylist(), tbl.column("uid").to_pylist()):
-                uids.setdefault(m, set()).add(u)
-        return frames, sk, uids
+            return {}, {}, {}
+        return self._load_minutes([("m", "in", minutes)])
 
     # ------------------------------------------------------------------ stages
     def _sample_ref(self, df: DataFrame) -> int | None:
@@ -273,10 +262,17 @@ class MinuteStatsPipeline:
                 self.uids[m] = old_uids.get(m, set())
             elif m in old_sk:
                 self.sketch[m] = old_sk[m]
+        new_minutes: list[int] = []  # (minute, uid) pairs never seen before: minute_uids rows
+        new_uids: list[str] = []
         for m in touched:
             self.frames[m] = self.frames.get(m, 0) + batch_frames[m]
             if self.mode == "exact":
-                self.uids.setdefault(m, set()).update(batch_uids.get(m, ()))
+                known = self.uids.setdefault(m, set())
+                for u in batch_uids.get(m, ()):
+                    if u not in known:
+                        known.add(u)
+                        new_minutes.append(m)
+                        new_uids.append(u)
         estimates = {}
         if self.mode == "approx" and touched:
             merged = self._union_sketches([(m, s) for m, s in batch_sketch.items()] +
@@ -303,24 +299,16 @@ class MinuteStatsPipeline:
         self.publish(results)
         self.on_final([r for r in results if r.status != PROVISIONAL])
         t = rep.step("publish", t)
-        # the three Delta writes are independent: run them concurrently (each is mostly
-        # driver-side commit work on this small machine); the state file comes after all
-        writes: dict[str, Callable[[], None]] = {}
+        # durable: quarantine, new pairs, minute rows — each commit skipped when this
+        # batch id is already in the table (a replay); the state file comes last
         if sum(rep.quarantined.values()):
-            writes["quarantine"] = lambda: self.tables.append(QUARANTINE, quarantined.select(
-                "reason", "raw", "topic", "partition", "offset", "file", "line", "ts", "uid",
-                F.when(F.col("reason") == reasons.LATE, F.col("minute")).alias("minute"),
-                F.lit(batch_id).cast("bigint").alias("batch_id"),
-                F.current_timestamp().alias("quarantined_at"),
-                F.current_date().alias("date")), batch_id)
-        if self.mode == "exact" and rep.counted:
-            writes["minute_uids"] = lambda: self.tables.append(MINUTE_UIDS, counted.select(
-                "minute", F.to_date(F.timestamp_seconds("minute")).alias("date"), "uid",
-                F.lit(batch_id).cast("bigint").alias("batch_id")).distinct(), batch_id)
-        writes["minute_stats"] = lambda: self._upsert(results, batch_id)
-        futures = {name: self.pool.submit(fn) for name, fn in writes.items()}
-        for name, fut in futures.items():
-            fut.result()  # re-raises: the batch fails and is replayed, nothing is lost
+            self._write_quarantine(quarantined, sum(rep.quarantined.values()), batch_id)
+        if new_minutes:
+            m_arr = pa.array(new_minutes, pa.int64())
+            self.tables.append(MINUTE_UIDS, pa.table({
+                "minute": m_arr, "date": minute_date(m_arr), "uid": pa.array(new_uids, pa.string()),
+                "batch_id": pa.array([batch_id] * len(new_uids), pa.int64())}), batch_id)
+        self._upsert(results, batch_id)
         t = rep.step("delta", t)
         for r in results:  # final and corrected minutes leave memory
             if r.status != PROVISIONAL:
@@ -357,11 +345,24 @@ class MinuteStatsPipeline:
         self.frames.pop(m, None)
 
     def _upsert(self, results: list[MinuteResult], batch_id: int) -> None:
-        if not results:
-            return
-        from doodlestats.tables import SCHEMAS
-        df = self.spark.createDataFrame([r.to_row(batch_id) for r in results], SCHEMAS[MINUTE_STATS])
-        self.tables.upsert_minutes(df)
+        if results:
+            rows = [r.to_row(batch_id) for r in results]
+            self.tables.upsert_minutes(pa.Table.from_pylist(
+                [dict(zip(SCHEMAS[MINUTE_STATS].names, r)) for r in rows], SCHEMAS[MINUTE_STATS]), batch_id)
+
+    def _write_quarantine(self, quarantined: DataFrame, count: int, batch_id: int) -> None:
+        """Quarantined frames with their raw bytes; a big batch of them is written by Spark."""
+        rows = quarantined.select(
+            "reason", "raw", "topic", "partition", "offset", "file", "line", "ts", "uid",
+            F.when(F.col("reason") == reasons.LATE, F.col("minute")).alias("minute"),
+            F.lit(batch_id).cast("bigint").alias("batch_id"),
+            F.current_timestamp().alias("quarantined_at"), F.current_date().alias("date"))
+        if count <= QUARANTINE_VIA_DRIVER:
+            self.tables.append(QUARANTINE, rows.toArrow(), batch_id)
+        elif not self.tables.committed(QUARANTINE, batch_id):
+            (rows.write.format("delta").mode("append")
+             .option("txnAppId", self.tables._app(QUARANTINE)).option("txnVersion", batch_id)
+             .save(self.tables.path(QUARANTINE)))
 
     # ------------------------------------------------------------------ end of input
     def flush(self) -> list[MinuteResult]:

@@ -33,7 +33,10 @@ except ImportError:  # plain spark-submit from a clone: make the package importa
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from doodlestats.config import ConfigError, load_config  # noqa: E402
-from doodlestats.pipeline import log  # noqa: E402
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -149,15 +152,15 @@ def print_final(results) -> None:
     sys.stdout.flush()
 
 
-def print_table(spark, delta_root: str) -> None:
+def print_table(delta_root: str) -> None:
+    """The minute table from Delta, for people (``--table``)."""
     from doodlestats.tables import MINUTE_STATS, Tables
-    rows = (Tables(spark, delta_root, "minute_stats").read(MINUTE_STATS)
-            .orderBy("ts").select("window_start", "unique_users", "frames", "status", "mode").collect())
+    t = Tables(delta_root, "minute_stats").read(MINUTE_STATS).sort_by("ts").to_pylist()
     print(f"{'minute (UTC)':<20} {'unique_users':>12} {'frames':>9}  status")
-    for r in rows:
+    for r in t:
         print(f"{r['window_start'].strftime('%Y-%m-%d %H:%M'):<20} {r['unique_users']:>12,} "
               f"{r['frames']:>9,}  {r['status']} ({r['mode']})")
-    print(f"{len(rows)} minutes, {sum(r['frames'] for r in rows):,} frames counted")
+    print(f"{len(t)} minutes, {sum(r['frames'] for r in t):,} frames counted")
     sys.stdout.flush()
 
 
@@ -220,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
             **pipeline.totals, "query_seconds": round(time.time() - started, 3), "mode": cfg.job.mode,
             "parser": cfg.job.parser, "quarantined": dict(pipeline.quarantined_total)}, indent=1))
     if args.table:
-        print_table(spark, delta)
+        print_table(delta)
     spark.stop()
     return 0
 

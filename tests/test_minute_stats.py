@@ -8,6 +8,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import time
 from collections import Counter, defaultdict
 from pathlib import Path
@@ -109,10 +110,11 @@ def test_exact_final_counts_in_delta_equal_truth(spark, exact_run):
     rows = delta_rows(spark, tmp / "delta", "minute_stats")
     assert len(rows) == len(truth["minutes"])  # one row per minute
     assert {r["status"] for r in rows} == {"final"}
-    # the (minute, uid) pairs behind the rollups hold every counted user
-    pairs = spark.read.format("delta").load(str(tmp / "delta" / "minute_uids")) \
-        .select("minute", "uid").distinct().groupBy("minute").count().collect()
-    assert {r["minute"]: r["count"] for r in pairs} == {m: u for m, (u, _) in truth_by_minute(truth).items()}
+    # the (minute, uid) pairs behind the rollups: every counted user, each pair once
+    pairs = spark.read.format("delta").load(str(tmp / "delta" / "minute_uids"))
+    assert pairs.count() == pairs.select("minute", "uid").distinct().count()
+    per_minute = pairs.groupBy("minute").count().collect()
+    assert {r["minute"]: r["count"] for r in per_minute} == {m: u for m, (u, _) in truth_by_minute(truth).items()}
 
 
 def test_print_writes_only_final_json_lines(exact_run):
@@ -281,8 +283,8 @@ def test_killed_and_restarted_job_ends_with_the_same_exact_results(kafka, spark,
 
 # ---------------------------------------------------------------- CLI
 def test_help_lists_the_flags():
-    r = subprocess.run(["python", "jobs/minute_stats.py", "--help"], cwd=ROOT, capture_output=True, text=True,
-                       env={**os.environ, "PYTHONPATH": str(ROOT)})
+    r = subprocess.run([sys.executable, "jobs/minute_stats.py", "--help"], cwd=ROOT, capture_output=True,
+                       text=True)
     assert r.returncode == 0
     for flag in ("--bootstrap-servers", "--topic", "--output-topic", "--starting-offsets", "--delta-path",
                  "--checkpoint", "--mode", "--watermark", "--trigger", "--available-now", "--print",
