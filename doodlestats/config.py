@@ -87,7 +87,7 @@ class PathsConf:
 class SparkConf:
     master: str = "local[2]"
     driver_memory: str = "2g"
-    shuffle_partitions: int = 4
+    shuffle_partitions: int = 2
 
 
 @dataclass(frozen=True)

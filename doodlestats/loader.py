@@ -3,7 +3,9 @@
     python -m doodlestats.loader data/stream.jsonl.gz [--topic doodle] [--key uid|none]
     zcat x.jsonl.gz | python -m doodlestats.loader -
 
-The producer batches (linger 20 ms, 1 MiB batches) and compresses (lz4). Messages are
+The producer batches (linger 20 ms, 1 MiB batches), idempotently; compression is off by
+default (on loopback it costs CPU and buys nothing; ``--compression lz4`` for a remote
+broker). Gzip input is inflated by ISA-L in its own thread. Messages are
 keyed by the frame's root ``uid`` (read with simdjson's lazy root lookup; frames that
 cannot be parsed get no key), so that every frame of one user lands in one partition,
 in file order: per-user order is kept and a partition's watermark is not skewed by one
@@ -16,8 +18,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import gzip
-import io
 import sys
 import time
 from pathlib import Path
@@ -35,7 +35,9 @@ def open_lines(path: str):
     if not p.is_file():
         raise FileNotFoundError(f"input not found: {path}")
     if p.suffix == ".gz":
-        return io.BufferedReader(gzip.open(p, "rb"), buffer_size=1 << 20)
+        # ISA-L inflate in its own thread (GIL released): ~3x the speed of the gzip module
+        from isal import igzip_threaded
+        return igzip_threaded.open(p, "rb", threads=1)
     return open(p, "rb", buffering=1 << 20)
 
 
@@ -57,7 +59,8 @@ def topic_end_offsets(bootstrap: str, topic: str) -> int:
         c.close()
 
 
-def load(path: str, bootstrap: str, topic: str, key: str = "uid", progress: bool = True) -> int:
+def load(path: str, bootstrap: str, topic: str, key: str = "uid", progress: bool = True,
+         compression: str = "none") -> int:
     """Produce every line of ``path`` to ``topic``; returns the number of messages delivered."""
     from confluent_kafka import Producer
 
@@ -71,11 +74,12 @@ def load(path: str, bootstrap: str, topic: str, key: str = "uid", progress: bool
         "bootstrap.servers": bootstrap,
         "linger.ms": 20,
         "batch.size": 1 << 20,
-        "compression.type": "lz4",
+        "compression.type": compression,
         "queue.buffering.max.messages": 500_000,
         "queue.buffering.max.kbytes": 1 << 20,
         "enable.idempotence": True,
         "acks": "all",
+        "delivery.report.only.error": True,  # callbacks only for failures: 1M Python calls saved
     })
     parser = None
     if key == "uid":
@@ -128,6 +132,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--topic", help="target topic (default: [kafka] input_topic); created if missing")
     ap.add_argument("--bootstrap-servers", help="default: [kafka] bootstrap_servers")
     ap.add_argument("--key", choices=["uid", "none"], default="uid", help="message key (default uid)")
+    ap.add_argument("--compression", choices=["none", "lz4", "zstd", "gzip", "snappy"], default="none",
+                    help="producer compression (default none: on loopback it only costs CPU; "
+                         "use lz4 for a remote broker)")
     ap.add_argument("--once", action="store_true",
                     help="skip if this file was already loaded into the topic (used by `make run`)")
     ap.add_argument("--conf-file")
@@ -157,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
                 return 0
     kafka_local.ensure_topic(cfg, topic, cfg.kafka.input_partitions)
     try:
-        n = load(args.input, bootstrap, topic, key=args.key)
+        n = load(args.input, bootstrap, topic, key=args.key, compression=args.compression)
     except FileNotFoundError as e:
         print(f"load: error: {e}", file=sys.stderr)
         return 2

@@ -74,6 +74,22 @@ class BatchReport:
         return now
 
 
+def with_file_positions(df: DataFrame) -> DataFrame:
+    """Source columns for a batch of text-file rows (``value``, ``file``).
+
+    Each file is one Spark partition read in order (the files source sets the split size
+    so), so the row index inside the partition is the line number. ``partition`` is a
+    stable id of the file, ``offset`` the 0-based line: the guard's neighbourhoods and
+    the quarantine's coordinates then work as for Kafka.
+    """
+    if "offset" in df.columns:
+        return df
+    idx = F.monotonically_increasing_id().bitwiseAND(F.lit((1 << 33) - 1))
+    return df.select("value", F.lit(None).cast("string").alias("topic"),
+                     (F.crc32(F.col("file")) % F.lit(2 ** 31)).cast("int").alias("partition"),
+                     idx.alias("offset"), "file", (idx + 1).alias("line"))
+
+
 class MinuteStatsPipeline:
     """Stateful processor of micro-batches. See the module docstring."""
 
@@ -162,6 +178,7 @@ class MinuteStatsPipeline:
         if self.loaded_for != st.batch_id:
             self._rebuild(st)
         g = self.cfg.guard
+        df = with_file_positions(df)
         ref = st.ref_ts if st.ref_ts is not None else self._sample_ref(df)
 
         parsed = parse_frames(df, self.cfg.job.parser)

@@ -116,15 +116,14 @@ def kafka_source(spark, cfg):
 
 
 def files_source(spark, path: str):
-    """JSONL / .gz files; each file is read as one split, so a row's position is its line."""
+    """JSONL / .gz files. Each file is read as one split, so the pipeline can number its
+    lines (``partition``/``offset``/``line`` are added per micro-batch, see
+    :func:`doodlestats.pipeline.with_file_positions`)."""
     from pyspark.sql import functions as F
     spark.conf.set("spark.sql.files.maxPartitionBytes", str(1 << 40))
     spark.conf.set("spark.sql.files.openCostInBytes", str(1 << 40))
-    idx = F.monotonically_increasing_id().bitwiseAND(F.lit((1 << 33) - 1))
     return (spark.readStream.format("text").load(path)
-            .select(F.col("value").cast("binary").alias("value"), F.lit(None).cast("string").alias("topic"),
-                    (F.crc32(F.col("_metadata.file_path")) % F.lit(2 ** 31)).cast("int").alias("partition"),
-                    idx.alias("offset"), F.col("_metadata.file_path").alias("file"), (idx + 1).alias("line")))
+            .select(F.col("value").cast("binary").alias("value"), F.col("_metadata.file_path").alias("file")))
 
 
 class KafkaPublisher:

@@ -305,3 +305,26 @@ def test_bad_values_rejected_before_spark_starts(args, message):
     assert r.returncode == 2
     assert message in r.stderr
     assert "Traceback" not in r.stderr and "SparkContext" not in r.stderr
+
+
+# ---------------------------------------------------------------- files source
+def test_files_source_counts_and_quarantines_with_file_and_line(kafka, spark, test_conf, tmp_path):
+    import gzip
+    from doodlestats.generator import GenConfig, generate
+    lines, truth = generate(GenConfig(count=8000, rate=40, users=700, seed=17, malformed_frac=0.02))
+    inp = tmp_path / "in"
+    inp.mkdir()
+    halves = {"a.jsonl.gz": lines[:4000], "b.jsonl": lines[4000:]}
+    with gzip.open(inp / "a.jsonl.gz", "wb") as f:
+        f.write(b"\n".join(halves["a.jsonl.gz"]) + b"\n")
+    (inp / "b.jsonl").write_bytes(b"\n".join(halves["b.jsonl"]) + b"\n")
+    out_topic = new_topic(kafka, "outf", 1)
+    run_job(["--source", "files", "--input-path", str(inp), "--output-topic", out_topic,
+             "--delta-path", str(tmp_path / "delta"), "--checkpoint", str(tmp_path / "ckpt"),
+             "--available-now"], test_conf)
+    assert stored_minutes(spark, tmp_path / "delta") == truth_by_minute(truth)
+    want_q = {k: v for k, v in truth["defects"].items() if k not in ("string_ts", "delayed") and v}
+    assert dict(quarantine_counts(spark, tmp_path / "delta")) == want_q
+    for r in delta_rows(spark, tmp_path / "delta", "quarantine"):  # coordinates point at the line
+        name = Path(r["file"]).name
+        assert halves[name][r["line"] - 1] == bytes(r["raw"])
