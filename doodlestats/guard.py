@@ -47,7 +47,7 @@ def neighbourhoods(df: DataFrame, size: int) -> list:
     """Per neighbourhood: median ts of parsed frames, their count, all frames, last offset."""
     good_ts = F.when(F.col("reason").isNull(), F.col("ts"))
     return (df.groupBy(_src().alias("src"), F.col("partition"), F.floor(F.col("offset") / size).alias("nb"))
-              .agg(F.percentile_approx(good_ts, 0.5, 10000).alias("med"),
+              .agg(F.percentile_approx(good_ts, 0.5, 100).alias("med"),
                    F.count(good_ts).alias("good"), F.count(F.lit(1)).alias("total"),
                    F.max("offset").alias("last"))
               .collect())
@@ -94,12 +94,17 @@ def plan(stats: list, prev_ref: int | None, min_neighbours: int) -> GuardPlan:
 
 
 def apply(df: DataFrame, guard_plan: GuardPlan, size: int, max_skew: int) -> DataFrame:
-    """Set ``reason = ts_outlier`` on frames too far from their neighbourhood's reference."""
+    """Set ``reason = ts_outlier`` on frames too far from their neighbourhood's reference.
+
+    Only frames with ``keep`` (the few that may be quarantined) are joined with the
+    references; the rest pass through untouched.
+    """
     spark = df.sparkSession
     refs = spark.createDataFrame(guard_plan.refs or [], "src STRING, partition INT, nb BIGINT, ref BIGINT")
-    joined = (df.withColumn("src", _src()).withColumn("nb", F.floor(F.col("offset") / size))
-                .join(F.broadcast(refs), ["src", "partition", "nb"], "left"))
-    outlier = (F.col("reason").isNull() & F.col("keep") & F.col("ref").isNotNull()
-               & (F.abs(F.col("ts") - F.col("ref")) > F.lit(max_skew)))
-    return (joined.withColumn("reason", F.when(outlier, F.lit(reasons.TS_OUTLIER)).otherwise(F.col("reason")))
-                  .drop("src", "nb", "ref"))
+    suspects = df.where(F.col("keep") & F.col("reason").isNull())
+    joined = (suspects.withColumn("src", _src()).withColumn("nb", F.floor(F.col("offset") / size))
+              .join(F.broadcast(refs), ["src", "partition", "nb"], "left"))
+    outlier = F.col("ref").isNotNull() & (F.abs(F.col("ts") - F.col("ref")) > F.lit(max_skew))
+    judged = (joined.withColumn("reason", F.when(outlier, F.lit(reasons.TS_OUTLIER)))
+              .select(*df.columns))
+    return df.where(~(F.col("keep") & F.col("reason").isNull())).unionByName(judged)

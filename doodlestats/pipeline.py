@@ -29,6 +29,7 @@ from dataclasses import dataclass, field, replace
 from typing import Callable
 
 import pyarrow as pa
+import pyarrow.compute as pc
 from pyspark import StorageLevel
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
@@ -245,18 +246,23 @@ class MinuteStatsPipeline:
         batch_sketch: dict[int, bytes] = {}
         batch_partitions: dict[str, int] = {}
         max_ts = None
-        for kind, reason, m, u, k, mx, sk, src, part in zip(*(tbl.column(c).to_pylist() for c in cols)):
-            if kind == "quarantine":
-                rep.quarantined[reason] += k
-            elif kind == "partition":
-                batch_partitions[f"{src}#{part}"] = mx
+        is_count = pc.equal(tbl.column("kind"), "count")
+        for r in tbl.filter(pc.invert(is_count)).to_pylist():  # a few rows
+            if r["kind"] == "quarantine":
+                rep.quarantined[r["reason"]] += r["n"]
             else:
-                batch_frames[m] += k
-                max_ts = mx if max_ts is None or mx > max_ts else max_ts
-                if u is not None:
-                    batch_uids.setdefault(m, []).append(u)
-                if sk is not None:
-                    batch_sketch[m] = bytes(sk)
+                batch_partitions[f"{r['src']}#{r['partition']}"] = r["mx"]
+        cnt = tbl.filter(is_count)
+        if cnt.num_rows:  # per-minute work in Arrow (C), not a Python loop over every pair
+            agg = cnt.group_by("minute").aggregate([("n", "sum"), ("mx", "max")])
+            batch_frames.update(dict(zip(agg["minute"].to_pylist(), agg["n_sum"].to_pylist())))
+            max_ts = max(agg["mx_max"].to_pylist())
+            for m in batch_frames:
+                rows = cnt.filter(pc.equal(cnt["minute"], m))
+                if self.mode == "exact":
+                    batch_uids[m] = rows["uid"].to_pylist()
+                else:
+                    batch_sketch[m] = rows["s"][0].as_py()
         rep.counted = sum(batch_frames.values())
         t = rep.step("collect", t)
 
@@ -284,12 +290,14 @@ class MinuteStatsPipeline:
         for m in touched:
             self.frames[m] = self.frames.get(m, 0) + batch_frames[m]
             if self.mode == "exact":
-                known = self.uids.setdefault(m, set())
-                for u in batch_uids.get(m, ()):
-                    if u not in known:
-                        known.add(u)
-                        new_minutes.append(m)
-                        new_uids.append(u)
+                known = self.uids.get(m)
+                if known is None:
+                    fresh = self.uids[m] = set(batch_uids.get(m, ()))
+                else:
+                    fresh = set(batch_uids.get(m, ())) - known
+                    known |= fresh
+                new_minutes.extend([m] * len(fresh))
+                new_uids.extend(fresh)
         estimates = {}
         if self.mode == "approx" and touched:
             merged = self._union_sketches([(m, s) for m, s in batch_sketch.items()] +
