@@ -59,4 +59,25 @@ export DOODLE_HOME="$ROOT"
 export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
 export SPARK_LOG_DIR="$ROOT/.run/spark-logs"
 export SPARK_CONF_DIR="$ROOT/conf/spark"
-exec "$SPARK_HOME/bin/spark-submit" "${defaults[@]}" "${spark_flags[@]+"${spark_flags[@]}"}" "$job" "$@"
+
+# Graceful stop: SIGTERM / Ctrl-C reach this script, which forwards SIGTERM to the Python
+# driver only (its PID is written by the job), so the job stops after its current batch
+# and shuts Spark down itself. The JVM is started with INT/TERM ignored, so a terminal
+# Ctrl-C does not tear it down under the driver. SIGKILL of the process group still
+# stops everything at once.
+pidfile="$(mktemp "${TMPDIR:-/tmp}/doodle-driver.XXXXXX")"
+trap 'rm -f "$pidfile"' EXIT
+export DOODLE_DRIVER_PIDFILE="$pidfile"
+( trap '' INT TERM; exec "$SPARK_HOME/bin/spark-submit" "${defaults[@]}" "${spark_flags[@]+"${spark_flags[@]}"}" "$job" "$@" ) &
+child=$!
+forward() {
+  local pid; pid="$(cat "$pidfile" 2>/dev/null || true)"
+  if [ -n "$pid" ]; then kill -TERM "$pid" 2>/dev/null || true; else kill -KILL "$child" 2>/dev/null || true; fi
+}
+trap forward INT TERM
+set +e  # `wait` returns >128 when a signal interrupts it: keep waiting for the job's own status
+while :; do
+  wait "$child"; rc=$?
+  kill -0 "$child" 2>/dev/null || break
+done
+exit "$rc"

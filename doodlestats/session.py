@@ -75,6 +75,18 @@ def has_fast_parser(spark) -> bool:
         return False
 
 
+def register_driver() -> None:
+    """Tell ./spark-submit.sh this driver's PID (it forwards SIGTERM/Ctrl-C here) and
+    route stderr past spark-submit (see :func:`route_stderr_past_spark_submit`)."""
+    pidfile = os.environ.get("DOODLE_DRIVER_PIDFILE")
+    if pidfile:
+        try:
+            Path(pidfile).write_text(f"{os.getpid()}\n")
+        except OSError:
+            pass
+    route_stderr_past_spark_submit()
+
+
 def route_stderr_past_spark_submit() -> None:
     """Send this driver's stderr to spark-submit's stderr.
 

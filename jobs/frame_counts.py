@@ -26,8 +26,8 @@ from doodlestats.config import ConfigError, load_config  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
-    from doodlestats.session import route_stderr_past_spark_submit
-    route_stderr_past_spark_submit()
+    from doodlestats.session import register_driver
+    register_driver()
     ap = argparse.ArgumentParser(prog="jobs/frame_counts.py", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--topic", help="([kafka] input_topic)")

@@ -167,8 +167,8 @@ def print_table(delta_root: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from doodlestats.session import route_stderr_past_spark_submit
-    route_stderr_past_spark_submit()
+    from doodlestats.session import register_driver
+    register_driver()
     args = parse_args(argv)
     try:
         cfg = build_config(args)

@@ -328,3 +328,32 @@ def test_files_source_counts_and_quarantines_with_file_and_line(kafka, spark, te
     for r in delta_rows(spark, tmp_path / "delta", "quarantine"):  # coordinates point at the line
         name = Path(r["file"]).name
         assert halves[name][r["line"] - 1] == bytes(r["raw"])
+
+
+def test_sigterm_stops_a_live_job_cleanly_after_its_batch(kafka, spark, test_conf, tmp_path):
+    from doodlestats.generator import GenConfig, generate
+    lines, truth = generate(GenConfig(count=3000, rate=30, users=300, seed=23))
+    topic = new_topic(kafka, "term", 1)
+    out_topic = new_topic(kafka, "outt", 1)
+    produce(kafka, topic, lines)
+    cmd = [str(ROOT / "spark-submit.sh"), "--driver-memory", "1g", "jobs/minute_stats.py", "--conf-file",
+           str(test_conf), *job_args(topic, out_topic, tmp_path, "--trigger", "1")]
+    err = open(tmp_path / "live.err", "w")
+    p = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=err, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 240
+        while "batch 0:" not in (tmp_path / "live.err").read_text():
+            assert p.poll() is None and time.monotonic() < deadline, (tmp_path / "live.err").read_text()[-3000:]
+            time.sleep(0.3)
+        os.kill(p.pid, signal.SIGTERM)  # spark-submit.sh execs spark-submit: this is the JVM
+        assert p.wait(timeout=120) == 0, (tmp_path / "live.err").read_text()[-3000:]
+    finally:
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGKILL)
+        err.close()
+    log = (tmp_path / "live.err").read_text()
+    assert "stopping after the current batch" in log
+    # everything counted so far is durable: provisional results equal the truth so far
+    stored = stored_minutes(spark, tmp_path / "delta")
+    want = truth_by_minute(truth)
+    assert stored and all(stored[m] == want[m] for m in stored)
