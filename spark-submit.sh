@@ -65,7 +65,8 @@ export SPARK_CONF_DIR="$ROOT/conf/spark"
 # and shuts Spark down itself. The JVM is started with INT/TERM ignored, so a terminal
 # Ctrl-C does not tear it down under the driver. SIGKILL of the process group still
 # stops everything at once.
-pidfile="$(mktemp "${TMPDIR:-/tmp}/doodle-driver.XXXXXX")"
+mkdir -p "$ROOT/.run/pids"
+pidfile="$(mktemp "$ROOT/.run/pids/driver.XXXXXX")"
 trap 'rm -f "$pidfile"' EXIT
 export DOODLE_DRIVER_PIDFILE="$pidfile"
 ( trap '' INT TERM; exec "$SPARK_HOME/bin/spark-submit" "${defaults[@]}" "${spark_flags[@]+"${spark_flags[@]}"}" "$job" "$@" ) &
