@@ -68,6 +68,7 @@ class JobConf:
     late_corrections: bool = True
     parser: str = "jvm"
     idle_partition_s: float = 30.0
+    min_partitions: int = 8
 
 
 @dataclass(frozen=True)
@@ -151,6 +152,8 @@ def _check(cfg: Config) -> None:
             f"job.starting_offsets: expected earliest, latest or a JSON offsets object, got {j.starting_offsets!r}")
     if j.max_offsets_per_trigger < 1:
         raise ConfigError(f"job.max_offsets_per_trigger: must be >= 1, got {j.max_offsets_per_trigger}")
+    if j.min_partitions < 1:
+        raise ConfigError(f"job.min_partitions: must be >= 1, got {j.min_partitions}")
     if j.idle_partition_s <= 0:
         raise ConfigError(f"job.idle_partition_s: must be > 0, got {j.idle_partition_s}")
     if j.parser not in ("jvm", "python", "spark"):

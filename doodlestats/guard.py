@@ -43,14 +43,16 @@ def may_quarantine(ref: int | None, max_skew: int, watermark: int | None) -> Col
     return c
 
 
-def neighbourhoods(df: DataFrame, size: int) -> list:
+def neighbourhoods(df: DataFrame, size: int) -> list[dict]:
     """Per neighbourhood: median ts of parsed frames, their count, all frames, last offset."""
     good_ts = F.when(F.col("reason").isNull(), F.col("ts"))
-    return (df.groupBy(_src().alias("src"), F.col("partition"), F.floor(F.col("offset") / size).alias("nb"))
+    rows = (df.groupBy(_src().alias("src"), F.col("partition"), F.floor(F.col("offset") / size).alias("nb"))
               .agg(F.percentile_approx(good_ts, 0.5, 100).alias("med"),
                    F.count(good_ts).alias("good"), F.count(F.lit(1)).alias("total"),
+                   F.count(F.when(F.col("keep") & F.col("reason").isNull(), 1)).alias("suspects"),
                    F.max("offset").alias("last"))
               .collect())
+    return [r.asDict() for r in rows]
 
 
 @dataclass(frozen=True)
@@ -59,6 +61,7 @@ class GuardPlan:
     batch_ref: int | None      # median of the batch (or the previous reference)
     next_ref: int | None       # reference handed to the next batch
     frames: int                # frames in the batch
+    suspects: int = 0          # parsed frames far enough from the old reference to be judged
 
 
 def _weighted_median(pairs: list[tuple[int, int]]) -> int | None:
@@ -90,7 +93,8 @@ def plan(stats: list, prev_ref: int | None, min_neighbours: int) -> GuardPlan:
             newest[k] = (r["last"], r["med"])
     newest_meds = sorted(m for _, m in newest.values() if m is not None)
     next_ref = newest_meds[len(newest_meds) // 2] if newest_meds else batch_ref
-    return GuardPlan(refs, batch_ref, next_ref, sum(r["total"] for r in stats))
+    return GuardPlan(refs, batch_ref, next_ref, sum(r["total"] for r in stats),
+                     sum(r.get("suspects", 0) or 0 for r in stats))
 
 
 def apply(df: DataFrame, guard_plan: GuardPlan, size: int, max_skew: int) -> DataFrame:
@@ -99,6 +103,8 @@ def apply(df: DataFrame, guard_plan: GuardPlan, size: int, max_skew: int) -> Dat
     Only frames with ``keep`` (the few that may be quarantined) are joined with the
     references; the rest pass through untouched.
     """
+    if not guard_plan.suspects:  # nothing to judge: no join, no second scan
+        return df
     spark = df.sparkSession
     refs = spark.createDataFrame(guard_plan.refs or [], "src STRING, partition INT, nb BIGINT, ref BIGINT")
     suspects = df.where(F.col("keep") & F.col("reason").isNull())
