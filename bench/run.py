@@ -1,0 +1,212 @@
+"""Benchmarks of doodle minute stats, side by side on the same Kafka topic.
+
+    python -m bench.run                      # `make bench`: the 1M-frame sample (make sample)
+    python -m bench.run --frames 20000 --smoke   # `make bench-smoke`: CI, a few minutes
+
+Steps (progress on stderr, the result table on stdout):
+
+1. input: ``data/stream.jsonl.gz`` or, with ``--frames N``, N generated frames
+   (rate 1000, users 100k, seed 1) in ``bench/.work/``; loaded into the topic
+   ``bench-<frames>`` unless it already holds exactly that many messages. The embedded
+   broker is started if none answers (and stopped again at the end).
+2. throughput rows, one process each: read_ceiling, old_consumer, naive_spark,
+   job_exact, job_approx (``bench/rows.py``).
+3. parse paths in Spark and JSON vs Avro (``bench/parsers.py``, ``bench/formats.py``)
+   unless ``--skip-parsers``.
+4. live latency (``bench/latency.py``) unless ``--skip-latency``.
+5. ``bench/results/<date>.{json,md,png}`` and the README section between
+   ``<!-- bench:start -->``/``<!-- bench:end -->`` (``--smoke``: ``bench/.work/smoke/``,
+   README untouched).
+
+Exit status: 0 if every step ran, 1 if a step failed (the others still run and the
+results are written), 2 for a problem to fix first (missing sample, broker, ...).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+import traceback
+from pathlib import Path
+
+from bench.common import (REPO_ROOT, RESULTS_DIR, WORK_DIR, BenchError, broker, frames_file, load_cfg,
+                          machine_info, prepare_topic, read_lines, run_process, say, spark_cmd)
+
+QUIET_LOAD = 1.5
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--frames", type=int, help="generate N frames instead of using data/stream.jsonl.gz")
+    ap.add_argument("--smoke", action="store_true",
+                    help="quick check (CI): short latency run, one repetition, results to bench/.work/smoke/")
+    ap.add_argument("--rows", default=",".join(_rows()),
+                    help="comma-separated throughput rows to run (default: all)")
+    ap.add_argument("--skip-parsers", action="store_true", help="skip the parse-path and format comparison")
+    ap.add_argument("--skip-latency", action="store_true", help="skip the live latency run")
+    ap.add_argument("--parser-frames", type=int, default=200_000, help="frames for the parse paths (200000)")
+    ap.add_argument("--latency-duration", type=float, help="live replay seconds (default 150, --smoke 40)")
+    ap.add_argument("--key", choices=["uid", "none"], default="uid",
+                    help="message key when loading the topic (default uid, like `make load`)")
+    ap.add_argument("--no-profile", action="store_true",
+                    help="run the Spark rows without event log and step timings")
+    ap.add_argument("--out-dir", help="where results go (default bench/results, --smoke bench/.work/smoke)")
+    ap.add_argument("--no-readme", action="store_true", help="do not update README.md's bench section")
+    ap.add_argument("--bootstrap-servers", help="Kafka to use (default: [kafka] bootstrap_servers); "
+                                                "only the default one is started when down")
+    return ap.parse_args(argv)
+
+
+def _rows():
+    from bench.rows import ROWS
+    return ROWS
+
+
+# --------------------------------------------------------------------------- steps
+def run_parsers(input_path: Path, limit: int, repeat: int, work: Path) -> dict:
+    """bench/parsers.py under spark-submit (its own JVM), results read back."""
+    out = work / "parsers" / "parsers.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.unlink(missing_ok=True)
+    cmd = spark_cmd("bench/parsers.py", ["--input", input_path, "--limit", limit, "--repeat", repeat,
+                                         "--out", out])
+    say(f"parsers: {limit:,} frames, best of {repeat}")
+    res = run_process(cmd, out.parent, "parsers", timeout=3600)
+    if res.returncode != 0 or not out.exists():
+        raise BenchError(f"parsers failed (exit {res.returncode}); see {res.stderr}\n{res.tail()}")
+    d = json.loads(out.read_text())
+    d["wall_s"], d["peak_rss_mb"] = res.wall_s, res.peak_rss_mb
+    return d
+
+
+def where_time_goes(rows: list[dict]) -> str:
+    """Plain-text evidence: per-step timings and the event-log breakdown of the Spark rows."""
+    out = []
+    for r in rows:
+        if r.get("error"):
+            continue
+        if r.get("steps_s"):
+            steps = ", ".join(f"{k} {v:.1f}s" for k, v in r["steps_s"].items())
+            out.append(f"{r['name']}: query {r['query_s']:.1f}s, in batches {r.get('batch_s', 0):.1f}s "
+                       f"({r.get('batches')} batches); steps summed: {steps}")
+        ev = r.get("eventlog")
+        if ev:
+            cats = "; ".join(f"{c} {d.get('run_s', 0):.1f}s task ({d.get('cpu_s', 0):.1f}s CPU)"
+                             for c, d in ev["categories"].items())
+            runs = f" ({r['runs_in_eventlog']} runs)" if r.get("runs_in_eventlog", 1) > 1 else ""
+            out.append(f"{r['name']}: event log{runs}: jobs running {ev['jobs_busy_s']:.1f}s of {ev['span_s']:.1f}s "
+                       f"({ev['jobs']} jobs), driver-only {ev['driver_only_s']:.1f}s; task time "
+                       f"{ev['task_run_s']:.1f}s (CPU {ev['task_cpu_s']:.1f}s, GC {ev['task_gc_s']:.1f}s): {cats}")
+    job = next((r for r in rows if r["name"] == "job_exact" and r.get("eventlog")), None)
+    if job:
+        from bench.eventlog import render
+        out += ["", "job_exact, event log detail:", render(job["eventlog"])]
+    return "\n".join(out)
+
+
+def _step(name: str, fn, failures: list[str]):
+    """Run one step; a failure is recorded and reported, the run goes on."""
+    try:
+        return fn()
+    except BenchError as e:
+        say(f"{name} FAILED: {e}")
+        failures.append(f"{name}: {str(e).splitlines()[0]}")
+    except Exception as e:  # noqa: BLE001 - report and continue with the other steps
+        say(f"{name} FAILED: {e!r}\n{traceback.format_exc()}")
+        failures.append(f"{name}: {e!r}")
+    return None
+
+
+# --------------------------------------------------------------------------- main
+def run(args: argparse.Namespace) -> int:
+    t_start = time.time()
+    started = time.strftime("%Y-%m-%d %H:%M:%S %Z")
+    date = time.strftime("%Y-%m-%d")
+    load1 = os.getloadavg()[0]
+    if load1 > QUIET_LOAD:
+        say(f"note: load average {load1:.2f} > {QUIET_LOAD} — other work is running; numbers will be noisy")
+    rows_wanted = [r.strip() for r in args.rows.split(",") if r.strip()]
+    unknown = set(rows_wanted) - set(_rows())
+    if unknown:
+        raise BenchError(f"unknown rows: {', '.join(sorted(unknown))} (known: {', '.join(_rows())})")
+    work = WORK_DIR / ("smoke" if args.smoke else "runs")
+    out_dir = Path(args.out_dir) if args.out_dir else (WORK_DIR / "smoke" if args.smoke else RESULTS_DIR)
+    repeat = 1 if args.smoke else 2
+    duration = args.latency_duration or (40.0 if args.smoke else 150.0)
+    profile = not args.no_profile
+
+    frames = frames_file(args.frames)
+    say(f"input {frames.path.relative_to(REPO_ROOT)}: {frames.count:,} frames, mean {frames.mean_bytes:,.0f} B")
+    cfg = load_cfg(args.bootstrap_servers)
+    default_bootstrap = load_cfg().kafka.bootstrap_servers
+    failures: list[str] = []
+    rows: list[dict] = []
+    parsers = formats = latency = None
+    topic = f"bench-{frames.count}"
+    from bench.rows import run_row
+    with broker(cfg, may_start=cfg.kafka.bootstrap_servers == default_bootstrap) as started_broker:
+        load = prepare_topic(cfg, frames, topic, key=args.key)
+        for name in rows_wanted:
+            row = _step(name, lambda: run_row(name, topic, work, profile=profile, repeat_ceiling=repeat),
+                        failures)
+            rows.append(row if row is not None else {"name": name, "error": failures[-1]})
+        if not args.skip_parsers:
+            n = min(args.parser_frames, frames.count)
+            parsers = _step("parsers", lambda: run_parsers(frames.path, n, repeat, work), failures)
+            from bench.formats import compare
+            formats = _step("formats", lambda: compare(read_lines(frames.path, n), repeat, say), failures)
+        if not args.skip_latency:
+            from bench.latency import measure
+            latency = _step("latency", lambda: measure(frames.path, duration, work, args.bootstrap_servers),
+                            failures)
+            if latency is None:
+                latency = {"error": failures[-1]}
+
+    from bench import report
+    result = {
+        "date": date, "started": started, "smoke": args.smoke,
+        "elapsed_s": round(time.time() - t_start, 1),
+        "machine": machine_info(), "frames": frames.count, "frame_bytes": round(frames.mean_bytes, 1),
+        "input": str(frames.path.relative_to(REPO_ROOT)), "topic": topic, "topic_load": load,
+        "broker_started_by_bench": started_broker,
+        "results": [r for r in rows if not r.get("error")],
+        "failed_rows": [r for r in rows if r.get("error")],
+        "parsers": parsers, "formats": formats, "latency": latency,
+        "where_time_goes": where_time_goes(rows),
+        "failures": failures,
+    }
+    result["machine"]["load_avg_at_start"] = [round(load1, 2)] + result["machine"]["load_avg_at_start"][1:]
+    result["machine"]["load_avg_at_end"] = [round(x, 2) for x in os.getloadavg()]
+    result["targets"] = report.evaluate_targets(result["results"], latency, cfg.job.watermark_s)
+    paths = report.write_all(result, out_dir, date)
+    print(report.text_table(result))
+    say("wrote " + ", ".join(str(p.relative_to(REPO_ROOT)) for p in paths.values()))
+    if not args.smoke and not args.no_readme:
+        link = str(paths["md"].relative_to(REPO_ROOT)) if paths["md"].is_relative_to(REPO_ROOT) else None
+        if report.update_readme_section(result, link=link):
+            say("updated the bench section of README.md")
+    if failures:
+        say(f"{len(failures)} step(s) failed: " + "; ".join(failures))
+        return 1
+    say(f"done in {time.time() - t_start:.0f}s")
+    return 0
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    try:
+        return run(args)
+    except BenchError as e:
+        print(f"bench: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("bench: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
