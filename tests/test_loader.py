@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import gzip
-import json
 import subprocess
 import sys
 
 import pytest
 
-from conftest import ROOT, consume_all, new_topic
+from conftest import ROOT, consume_all
 
 pytestmark = pytest.mark.integration
 

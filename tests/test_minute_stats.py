@@ -299,7 +299,6 @@ def test_help_lists_the_flags():
     (["--starting-offsets", "yesterday"], "job.starting_offsets"),
 ])
 def test_bad_values_rejected_before_spark_starts(args, message):
-    t = time.monotonic()
     r = subprocess.run([str(ROOT / "spark-submit.sh"), "jobs/minute_stats.py", *args], cwd=ROOT,
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 2
