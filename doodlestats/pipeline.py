@@ -117,16 +117,20 @@ class MinuteStatsPipeline:
         self.last_end = time.time()
 
     # ------------------------------------------------------------------ state
-    def _load_minutes(self, filters) -> tuple[dict, dict, dict]:
-        """(frames, sketches, uid sets) per minute stored in Delta, for ``filters``."""
+    def _load_minutes(self, filters, st: JobState) -> tuple[dict, dict, dict]:
+        """(frames, sketches, uid sets) per minute stored in Delta for ``filters``, as of the
+        table versions recorded in state ``st`` (never a later, half-replayed batch)."""
+        v = st.versions or {}
         frames, sk, uids = {}, {}, {}
-        ms = self.tables.read(MINUTE_STATS, [("ts",) + f[1:] for f in filters], ["ts", "frames", "hll"])
+        ms = self.tables.read(MINUTE_STATS, [("ts",) + f[1:] for f in filters], ["ts", "frames", "hll"],
+                              v.get(MINUTE_STATS))
         for m, n, h in zip(*(ms.column(c).to_pylist() for c in ("ts", "frames", "hll"))):
             frames[m] = n
             if h is not None:
                 sk[m] = bytes(h)
         if self.mode == "exact":
-            mu = self.tables.read(MINUTE_UIDS, [("minute",) + f[1:] for f in filters], ["minute", "uid"])
+            mu = self.tables.read(MINUTE_UIDS, [("minute",) + f[1:] for f in filters], ["minute", "uid"],
+                                  v.get(MINUTE_UIDS))
             for m, u in zip(mu.column("minute").to_pylist(), mu.column("uid").to_pylist()):
                 uids.setdefault(m, set()).add(u)
         return frames, sk, uids
@@ -141,16 +145,16 @@ class MinuteStatsPipeline:
         self.loaded_for = None
         if st.batch_id >= 0:
             lo = (st.watermark - 60) if st.watermark is not None else -1
-            self.frames, self.sketch, self.uids = self._load_minutes([("m", ">", lo)])
-            for m in self.uids:  # pairs of a batch whose minute_stats commit was cut short
+            self.frames, self.sketch, self.uids = self._load_minutes([("m", ">", lo)], st)
+            for m in self.uids:
                 self.frames.setdefault(m, 0)
         self.loaded_for = st.batch_id
 
-    def _final_state_of(self, minutes: list[int]) -> tuple[dict, dict, dict]:
+    def _final_state_of(self, minutes: list[int], st: JobState) -> tuple[dict, dict, dict]:
         """Stored frames / sketches / uids of minutes that already left memory."""
         if not minutes:
             return {}, {}, {}
-        return self._load_minutes([("m", "in", minutes)])
+        return self._load_minutes([("m", "in", minutes)], st)
 
     # ------------------------------------------------------------------ stages
     def _sample_ref(self, df: DataFrame) -> int | None:
@@ -195,9 +199,13 @@ class MinuteStatsPipeline:
             rep.step("read+parse", t)
             rep.frames = gp.frames
             if gp.frames:
-                self._count(cached, gp, st, batch_id, rep)
+                try:
+                    self._count(cached, gp, st, batch_id, rep)
+                except BaseException:
+                    self.loaded_for = None  # memory may be ahead of Delta: rebuild on retry
+                    raise
             else:
-                self.store.save(replace(st, batch_id=batch_id))
+                self.store.save(replace(st, batch_id=batch_id, versions=self.tables.versions()))
                 self.loaded_for = batch_id
         finally:
             cached.unpersist()
@@ -278,7 +286,7 @@ class MinuteStatsPipeline:
             wm_new = cand if wm_new is None else max(wm_new, cand)
         touched = set(batch_frames)
         late_minutes = sorted(m for m in touched if wm_prev is not None and m + 60 <= wm_prev)
-        old_frames, old_sk, old_uids = self._final_state_of(late_minutes)
+        old_frames, old_sk, old_uids = self._final_state_of(late_minutes, st)
         for m in late_minutes:  # corrections start from what was stored
             self.frames[m] = old_frames.get(m, 0)
             if self.mode == "exact":
@@ -338,7 +346,7 @@ class MinuteStatsPipeline:
         for r in results:  # final and corrected minutes leave memory
             if r.status != PROVISIONAL:
                 self._evict(r.minute)
-        self.store.save(JobState(batch_id, new_max, wm_new, gp.next_ref, partitions))
+        self.store.save(JobState(batch_id, new_max, wm_new, gp.next_ref, partitions, self.tables.versions()))
         self.loaded_for = batch_id
 
     def _partitions_after(self, st: JobState, batch: dict[str, int]) -> tuple[dict, float]:
@@ -414,7 +422,7 @@ class MinuteStatsPipeline:
         self.on_final(results)
         self._upsert(results, st.batch_id)
         wm = max(st.watermark or 0, open_minutes[-1] + 60)
-        self.store.save(replace(st, watermark=wm))
+        self.store.save(replace(st, watermark=wm, versions=self.tables.versions()))
         for m in open_minutes:
             self._evict(m)
         log(f"end of input: {len(results)} open minute(s) emitted as final; watermark {iso(wm)}")

@@ -33,6 +33,9 @@ class JobState:
     ref_ts: int | None = None     # timestamp guard reference (median of the newest neighbourhoods)
     # per source partition ("topic#partition" or "file#id"): [largest accepted ts, unix time last seen]
     partitions: dict | None = None
+    # Delta table versions right after this batch's commits: a restart reads the tables
+    # AS OF these versions, so a batch whose commits were cut short is replayed exactly
+    versions: dict | None = None
 
     def is_final(self, minute: int) -> bool:
         return self.watermark is not None and minute + 60 <= self.watermark

@@ -109,10 +109,17 @@ class Tables:
                 source_alias="s", target_alias="t", commit_properties=self._props(MINUTE_STATS, batch_id))
          .when_matched_update_all().when_not_matched_insert_all().execute())
 
-    def read(self, name: str, filters=None, columns: list[str] | None = None) -> pa.Table:
-        """Read (part of) a table into the driver, e.g. ``filters=[("minute", ">", 0)]``."""
+    def read(self, name: str, filters=None, columns: list[str] | None = None,
+             version: int | None = None) -> pa.Table:
+        """Read (part of) a table into the driver, e.g. ``filters=[("minute", ">", 0)]``,
+        optionally as of a table ``version`` (time travel)."""
         from deltalake import DeltaTable
-        return DeltaTable(self.path(name)).to_pyarrow_table(filters=filters, columns=columns)
+        return DeltaTable(self.path(name), version=version).to_pyarrow_table(filters=filters, columns=columns)
+
+    def versions(self) -> dict[str, int]:
+        """Current version of each table."""
+        from deltalake import DeltaTable
+        return {name: DeltaTable(self.path(name)).version() for name in SCHEMAS}
 
 
 def now_utc() -> dt.datetime:
