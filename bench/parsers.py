@@ -259,17 +259,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     return ap.parse_args(argv)
 
 
-def _stderr_past_spark_submit() -> None:
-    """Under spark-submit, send this driver's stderr to spark-submit's stderr (not its stdout)."""
-    try:
-        from doodlestats.session import route_stderr_past_spark_submit
-    except ImportError:
-        return
-    route_stderr_past_spark_submit()
-
-
 def main(argv=None) -> int:
-    _stderr_past_spark_submit()
+    from doodlestats.session import register_driver
+    register_driver()  # PID for ./spark-submit.sh's SIGTERM forwarding; stderr past spark-submit
     args = parse_args(argv)
     if not Path(args.input).exists():
         log(f"parsers: error: input not found: {args.input}")

@@ -53,17 +53,9 @@ def count_topic(spark, bootstrap: str, topic: str, options: dict | None = None) 
     return row["n"], row["b"] or 0, time.time() - t0
 
 
-def _stderr_past_spark_submit() -> None:
-    """Under spark-submit, send this driver's stderr to spark-submit's stderr (not its stdout)."""
-    try:
-        from doodlestats.session import route_stderr_past_spark_submit
-    except ImportError:
-        return
-    route_stderr_past_spark_submit()
-
-
 def main(argv=None) -> int:
-    _stderr_past_spark_submit()
+    from doodlestats.session import register_driver
+    register_driver()  # PID for ./spark-submit.sh's SIGTERM forwarding; stderr past spark-submit
     args = parse_args(argv)
     from bench.common import load_cfg, require_broker
     cfg = load_cfg(args.bootstrap_servers)
