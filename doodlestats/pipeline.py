@@ -1,7 +1,7 @@
 """The minute-stats pipeline: one micro-batch of raw frames → minute results.
 
-Used by ``jobs/minute_stats.py`` from ``foreachBatch`` (streaming) and by the tests and
-the backfill on plain DataFrames. The input DataFrame has the normalised source columns
+Used by ``jobs/minute_stats.py`` from ``foreachBatch`` (streaming) and by the tests on
+plain DataFrames. The input DataFrame has the normalised source columns
 ``value`` (binary), ``topic``, ``partition``, ``offset`` (Kafka) or ``file``, ``line``
 (files; ``partition``/``offset`` then identify the file and the line).
 
@@ -12,8 +12,9 @@ Per batch, in order::
 
 Counting state: the open (not yet final) minutes live in the driver — the exact set of
 uids per minute, or a HyperLogLog sketch per minute in approx mode — and are rebuilt
-from Delta on restart. Minutes are final once the watermark (largest accepted event
-time − delay) passes their end; then they leave memory. Frames of a final minute are
+from Delta (as of the versions of the last complete batch) on restart. Minutes are
+final once the watermark (the slowest active partition's largest accepted event time −
+delay) passes their end; then they leave memory. Frames of a final minute are
 ``late``: quarantined, and (``late_corrections``) counted into a ``corrected`` result
 whose state is read back from Delta.
 """
