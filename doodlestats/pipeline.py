@@ -393,10 +393,8 @@ class MinuteStatsPipeline:
             F.current_timestamp().alias("quarantined_at"), F.current_date().alias("date"))
         if count <= QUARANTINE_VIA_DRIVER:
             self.tables.append(QUARANTINE, rows.toArrow(), batch_id)
-        elif not self.tables.committed(QUARANTINE, batch_id):
-            (rows.write.format("delta").mode("append")
-             .option("txnAppId", self.tables._app(QUARANTINE)).option("txnVersion", batch_id)
-             .save(self.tables.path(QUARANTINE)))
+        else:
+            self.tables.append_with_spark(QUARANTINE, rows, batch_id)
 
     # ------------------------------------------------------------------ end of input
     def flush(self) -> list[MinuteResult]:

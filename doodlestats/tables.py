@@ -24,7 +24,6 @@ already wrote a table, and a replay writes nothing twice::
 
 from __future__ import annotations
 
-import datetime as dt
 import hashlib
 from pathlib import Path
 
@@ -98,6 +97,15 @@ class Tables:
                         commit_properties=self._props(name, batch_id))
         return True
 
+    def append_with_spark(self, name: str, df, batch_id: int) -> bool:
+        """Like :meth:`append`, for rows too many to collect: Spark writes them with the same
+        application transaction, so the replay check is the same."""
+        if self.committed(name, batch_id):
+            return False
+        (df.write.format("delta").mode("append")
+         .option("txnAppId", self._app(name)).option("txnVersion", batch_id).save(self.path(name)))
+        return True
+
     def upsert_minutes(self, rows: pa.Table, batch_id: int) -> None:
         """MERGE rows of ``minute_stats`` by minute; absolute values, so replays are harmless."""
         from deltalake import DeltaTable
@@ -120,7 +128,3 @@ class Tables:
         """Current version of each table."""
         from deltalake import DeltaTable
         return {name: DeltaTable(self.path(name)).version() for name in SCHEMAS}
-
-
-def now_utc() -> dt.datetime:
-    return dt.datetime.now(dt.timezone.utc)

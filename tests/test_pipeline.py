@@ -64,3 +64,30 @@ def test_a_replayed_batch_that_completed_is_skipped(spark, tmp_path):
     p.flush()
     assert _stored(str(tmp_path / "delta")) == {m["minute"]: (m["unique_users"], m["frames"])
                                                 for m in truth["minutes"]}
+
+
+def test_a_big_quarantine_is_written_by_spark_once(spark, tmp_path, monkeypatch):
+    """Above QUARANTINE_VIA_DRIVER quarantined frames per batch, Spark writes them; a
+    replay of the batch must not write them again."""
+    from doodlestats import pipeline
+    from doodlestats.config import load_config
+    from doodlestats.generator import GenConfig, generate
+    from doodlestats.tables import QUARANTINE, Tables
+    monkeypatch.setattr(pipeline, "QUARANTINE_VIA_DRIVER", 10)
+    lines, truth = generate(GenConfig(count=3000, rate=40, users=300, seed=33, malformed_frac=0.05))
+    df = spark.createDataFrame([(v, "t", 0, i, None, None) for i, v in enumerate(lines)], SOURCE)
+    cfg = load_config(write_conf(tmp_path / "c.toml"))
+    ckpt, delta = str(tmp_path / "ckpt"), str(tmp_path / "delta")
+    p = pipeline.MinuteStatsPipeline(spark, cfg, ckpt, delta, progress=False)
+
+    def crash(_state):
+        raise RuntimeError("killed after the Delta commits")
+    p.store.save = crash
+    with pytest.raises(RuntimeError):
+        p.process_batch(df, 0)
+    pipeline.MinuteStatsPipeline(spark, cfg, ckpt, delta, progress=False).process_batch(df, 0)
+    want = sum(v for k, v in truth["defects"].items() if k not in ("string_ts", "delayed"))
+    assert want > 10
+    q = Tables(delta, "x").read(QUARANTINE)
+    assert q.num_rows == want
+    assert all(r is not None for r in q.column("raw").to_pylist())
