@@ -184,7 +184,8 @@ def run(args: argparse.Namespace) -> int:
     result["targets"] = report.evaluate_targets(result["results"], latency, cfg.job.watermark_s)
     paths = report.write_all(result, out_dir, date)
     print(report.text_table(result))
-    say("wrote " + ", ".join(str(p.relative_to(REPO_ROOT)) for p in paths.values()))
+    say("wrote " + ", ".join(str(p.relative_to(REPO_ROOT) if p.is_relative_to(REPO_ROOT) else p)
+                             for p in paths.values()))
     if not args.smoke and not args.no_readme:
         link = str(paths["md"].relative_to(REPO_ROOT)) if paths["md"].is_relative_to(REPO_ROOT) else None
         if report.update_readme_section(result, link=link):

@@ -11,48 +11,83 @@ Because the reference comes from the data itself, the guard works the same for l
 data and for replays of history (the 2016 sample), and an outlier never reaches the
 watermark: the watermark is computed from accepted frames only.
 
-To keep a single pass over the input, the raw bytes are retained (for the quarantine)
-only for frames that *could* be quarantined: parse failures, frames further than
-``max_skew_s`` from the previous reference, and frames of minutes already final. Only
-such frames can be judged outliers — a frame close to the previous reference is
-plausible by definition.
+One pass over the input: the Spark job collects ``ts``, ``uid``, ``reason`` and the
+coordinates of *every* frame, but the raw bytes (for the quarantine) only of frames
+that may be quarantined (:func:`keep_raw`): parse failures, frames of minutes already
+final, and *suspects* — frames far from the running median of the last frames their
+Spark task read (the JVM function ``doodle_suspect``, see ``java/.../Suspect.java``).
+The driver then judges every frame with the neighbourhood medians (:func:`judge`, in
+Arrow). An outlier that was not a suspect (possible only if a task's recent frames and
+its neighbourhood disagree by more than ``max_skew_s``) is reported by :func:`judge` so
+the caller fetches its raw bytes again: nothing is quarantined without them.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from pyspark.sql import Column, DataFrame
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+from pyspark.sql import Column
 from pyspark.sql import functions as F
 
-from doodlestats import reasons
+SUSPECT_FN = "doodle_suspect"
 
 
-def _src() -> Column:
-    return F.coalesce(F.col("topic"), F.col("file"))
+def register_suspect(spark) -> bool:
+    """Register the JVM function ``doodle_suspect``; False if its jar is not on the classpath."""
+    try:
+        spark._jvm.doodle.udf.Suspect.register(spark._jsparkSession)
+        return True
+    except Exception:  # noqa: BLE001 - py4j: class not found
+        return False
 
 
-def may_quarantine(ref: int | None, max_skew: int, watermark: int | None) -> Column:
-    """True for frames whose raw bytes must be kept because they may be quarantined."""
+def keep_raw(spark, max_skew: int, watermark: int | None, prev_ref: int | None) -> Column:
+    """True for frames whose raw bytes are kept because they may be quarantined.
+
+    Needs columns ``ts`` and ``reason``. Without the JVM function (no jar) the previous
+    batch's reference stands in for the running median; a first batch then keeps all.
+    """
     c = F.col("reason").isNotNull()
-    if ref is None:
-        return F.lit(True)
-    c = c | (F.abs(F.col("ts") - F.lit(ref)) > F.lit(max_skew))
     if watermark is not None:
         c = c | ((F.col("ts") - F.pmod(F.col("ts"), F.lit(60)) + F.lit(60)) <= F.lit(watermark))
-    return c
+    if register_suspect(spark):
+        return c | F.expr(f"{SUSPECT_FN}(ts, CAST({int(max_skew)} AS BIGINT))")
+    if prev_ref is None:
+        return F.lit(True)
+    return c | (F.abs(F.col("ts") - F.lit(prev_ref)) > F.lit(max_skew))
 
 
-def neighbourhoods(df: DataFrame, size: int) -> list[dict]:
-    """Per neighbourhood: median ts of parsed frames, their count, all frames, last offset."""
-    good_ts = F.when(F.col("reason").isNull(), F.col("ts"))
-    rows = (df.groupBy(_src().alias("src"), F.col("partition"), F.floor(F.col("offset") / size).alias("nb"))
-              .agg(F.percentile_approx(good_ts, 0.5, 100).alias("med"),
-                   F.count(good_ts).alias("good"), F.count(F.lit(1)).alias("total"),
-                   F.count(F.when(F.col("keep") & F.col("reason").isNull(), 1)).alias("suspects"),
-                   F.max("offset").alias("last"))
-              .collect())
-    return [r.asDict() for r in rows]
+def neighbourhood_keys(tbl: pa.Table, size: int) -> pa.Table:
+    """``src``, ``partition``, ``nb`` (= offset // size) of every row."""
+    return pa.table({"src": tbl["src"], "partition": tbl["partition"],
+                     "nb": pc.divide(tbl["offset"], pa.scalar(size, pa.int64()))})
+
+
+def neighbourhoods(tbl: pa.Table, good: pa.Array, size: int) -> list[dict]:
+    """Per neighbourhood: median ts of parsed frames, their count, all frames, last offset.
+
+    ``tbl`` holds ``src``, ``partition``, ``offset``, ``ts``, ``keep``; ``good`` marks the
+    parsed frames. The median is Arrow's t-digest estimate (like Spark's
+    ``percentile_approx``), far finer than the hour-scale ``max_skew_s``.
+    """
+    keys = neighbourhood_keys(tbl, size)
+    allrows = keys.append_column("offset", tbl["offset"]).group_by(["src", "partition", "nb"]).aggregate(
+        [("offset", "count"), ("offset", "max")])
+    g = keys.append_column("ts", tbl["ts"]).append_column("keep", tbl["keep"]).filter(good)
+    goodrows = g.group_by(["src", "partition", "nb"]).aggregate(
+        [("ts", "approximate_median"), ("ts", "count"), ("keep", "sum")])
+    med = {(s, p, n): (m, c, k) for s, p, n, m, c, k in zip(*(goodrows[c].to_pylist() for c in (
+        "src", "partition", "nb", "ts_approximate_median", "ts_count", "keep_sum")))}
+    out = []
+    for s, p, n, total, last in zip(*(allrows[c].to_pylist() for c in (
+            "src", "partition", "nb", "offset_count", "offset_max"))):
+        m, c, k = med.get((s, p, n), (None, 0, 0))
+        out.append({"src": s, "partition": p, "nb": n, "med": None if m is None else int(round(m)),
+                    "good": c, "total": total, "suspects": k or 0, "last": last})
+    return out
 
 
 @dataclass(frozen=True)
@@ -97,20 +132,21 @@ def plan(stats: list, prev_ref: int | None, min_neighbours: int) -> GuardPlan:
                      sum(r.get("suspects", 0) or 0 for r in stats))
 
 
-def apply(df: DataFrame, guard_plan: GuardPlan, size: int, max_skew: int) -> DataFrame:
-    """Set ``reason = ts_outlier`` on frames too far from their neighbourhood's reference.
-
-    Only frames with ``keep`` (the few that may be quarantined) are joined with the
-    references; the rest pass through untouched.
-    """
-    if not guard_plan.suspects:  # nothing to judge: no join, no second scan
-        return df
-    spark = df.sparkSession
-    refs = spark.createDataFrame(guard_plan.refs or [], "src STRING, partition INT, nb BIGINT, ref BIGINT")
-    suspects = df.where(F.col("keep") & F.col("reason").isNull())
-    joined = (suspects.withColumn("src", _src()).withColumn("nb", F.floor(F.col("offset") / size))
-              .join(F.broadcast(refs), ["src", "partition", "nb"], "left"))
-    outlier = F.col("ref").isNotNull() & (F.abs(F.col("ts") - F.col("ref")) > F.lit(max_skew))
-    judged = (joined.withColumn("reason", F.when(outlier, F.lit(reasons.TS_OUTLIER)))
-              .select(*df.columns))
-    return df.where(~(F.col("keep") & F.col("reason").isNull())).unionByName(judged)
+def judge(tbl: pa.Table, good: pa.Array, guard_plan: "GuardPlan", size: int, max_skew: int) -> np.ndarray:
+    """Boolean mask of the rows of ``tbl`` whose ts is an outlier in its neighbourhood."""
+    n = tbl.num_rows
+    if not n or not guard_plan.refs:
+        return np.zeros(n, dtype=bool)
+    refs = pa.table({"src": pa.array([r[0] for r in guard_plan.refs], pa.string()),
+                     "partition": pa.array([r[1] for r in guard_plan.refs], pa.int32()),
+                     "nb": pa.array([r[2] for r in guard_plan.refs], pa.int64()),
+                     "ref": pa.array([r[3] for r in guard_plan.refs], pa.int64())}).filter(
+        pc.is_valid(pa.array([r[3] for r in guard_plan.refs], pa.int64())))
+    rows = neighbourhood_keys(tbl, size).append_column("ts", tbl["ts"]).append_column(
+        "i", pa.array(np.arange(n, dtype=np.int64))).filter(good)
+    j = rows.join(refs, ["src", "partition", "nb"], join_type="inner", use_threads=False)
+    far = pc.greater(pc.abs(pc.subtract(j["ts"], j["ref"])), pa.scalar(max_skew, pa.int64()))
+    mask = np.zeros(n, dtype=bool)
+    idx = j["i"].filter(far).to_numpy()
+    mask[idx] = True
+    return mask

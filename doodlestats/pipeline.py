@@ -29,9 +29,9 @@ from collections import Counter
 from dataclasses import dataclass, field, replace
 from typing import Callable
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-from pyspark import StorageLevel
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
@@ -42,8 +42,6 @@ from doodlestats.results import CORRECTED, FINAL, PROVISIONAL, MinuteResult, iso
 from doodlestats.state import JobState, StateStore
 from doodlestats.tables import MINUTE_STATS, MINUTE_UIDS, QUARANTINE, SCHEMAS, Tables, minute_date
 
-SAMPLE_ROWS = 2000
-QUARANTINE_VIA_DRIVER = 200_000  # more quarantined frames per batch than this: Spark writes them
 
 
 def hll_lg_k(rsd: float) -> int:
@@ -110,7 +108,7 @@ class MinuteStatsPipeline:
         self.on_final = on_final or (lambda results: None)
         self.progress = progress
         self.loaded_for: int | None = None   # batch id whose state the memory reflects
-        self.uids: dict[int, set[str]] = {}  # exact: open minute -> uids
+        self.uids: dict[int, pa.Array] = {}  # exact: open minute -> its distinct uids (Arrow)
         self.sketch: dict[int, bytes] = {}   # approx: open minute -> HLL sketch
         self.frames: dict[int, int] = {}     # open minute -> counted frames
         self.quarantined_total: Counter = Counter()
@@ -119,7 +117,7 @@ class MinuteStatsPipeline:
 
     # ------------------------------------------------------------------ state
     def _load_minutes(self, filters, st: JobState) -> tuple[dict, dict, dict]:
-        """(frames, sketches, uid sets) per minute stored in Delta for ``filters``, as of the
+        """(frames, sketches, distinct uids) per minute stored in Delta for ``filters``, as of the
         table versions recorded in state ``st`` (never a later, half-replayed batch)."""
         v = st.versions or {}
         frames, sk, uids = {}, {}, {}
@@ -132,8 +130,9 @@ class MinuteStatsPipeline:
         if self.mode == "exact":
             mu = self.tables.read(MINUTE_UIDS, [("minute",) + f[1:] for f in filters], ["minute", "uid"],
                                   v.get(MINUTE_UIDS))
-            for m, u in zip(mu.column("minute").to_pylist(), mu.column("uid").to_pylist()):
-                uids.setdefault(m, set()).add(u)
+            mm, uu = mu.column("minute"), mu.column("uid").cast(pa.string())
+            for m in pc.unique(mm).to_pylist():
+                uids[m] = pc.unique(uu.filter(pc.equal(mm, m)))
         return frames, sk, uids
 
     def _rebuild(self, st: JobState) -> None:
@@ -158,18 +157,55 @@ class MinuteStatsPipeline:
         return self._load_minutes([("m", "in", minutes)], st)
 
     # ------------------------------------------------------------------ stages
-    def _sample_ref(self, df: DataFrame) -> int | None:
-        rows = (parse_frames(df.limit(SAMPLE_ROWS), self.cfg.job.parser)
-                .where(F.col("reason").isNull()).select("ts").collect())
-        ts = sorted(r["ts"] for r in rows)
-        return ts[len(ts) // 2] if len(ts) >= self.cfg.guard.min_neighbours else None
-
     def _union_sketches(self, pairs: list[tuple[int, bytes]]) -> dict[int, tuple[bytes, int]]:
         """minute -> (union sketch, estimate) over the given (minute, sketch) rows."""
         df = self.spark.createDataFrame(pairs, "minute BIGINT, s BINARY")
         rows = (df.groupBy("minute").agg(F.hll_union_agg("s", True).alias("s"))
                   .select("minute", "s", F.hll_sketch_estimate("s").alias("n")).collect())
         return {r["minute"]: (bytes(r["s"]), r["n"]) for r in rows}
+
+    def _sketches(self, pairs: pa.Table) -> dict[int, bytes]:
+        """minute -> HLL sketch (Spark's ``hll_sketch_agg``) of the (minute, uid) pairs."""
+        rows = (self.spark.createDataFrame(pairs).groupBy("minute")
+                .agg(F.hll_sketch_agg("uid", self.lg_k).alias("s")).collect())
+        return {r["minute"]: bytes(r["s"]) for r in rows}
+
+    def _read(self, df: DataFrame, st: JobState) -> pa.Table:
+        """The batch's ONE Spark job: read → parse → Arrow in the driver.
+
+        Every frame comes back as ``ts``, ``uid``, ``reason`` and its coordinates; its raw
+        bytes (and topic/file/line) only where :func:`guard.keep_raw` says it may be
+        quarantined. No cache, no shuffle: everything after this works on the Arrow table.
+        """
+        g = self.cfg.guard
+        parsed = parse_frames(df, self.cfg.job.parser)
+        keep = guard.keep_raw(parsed.sparkSession, g.max_skew_s, st.watermark, st.ref_ts)
+        k = F.col("keep")
+        return (parsed.withColumn("keep", keep)
+                .select("ts", "uid", "reason", F.coalesce("topic", "file").alias("src"), "partition", "offset",
+                        "keep", *[F.when(k, F.col(c)).alias(c) for c in ("topic", "file", "line")],
+                        F.when(k, F.col("value")).alias("raw"))
+                .toArrow())
+
+    def _fetch_raw(self, df: DataFrame, tbl: pa.Table, rows: np.ndarray) -> pa.Table:
+        """Read the raw bytes (and topic/file/line) of ``rows`` again from the batch's source.
+
+        Only for outliers that were not suspects in the first pass — rare; it costs one
+        more read of the batch, never a quarantine row without its bytes.
+        """
+        want = tbl.select(["partition", "offset"]).take(pa.array(rows))
+        log(f"guard: {len(rows)} outlier(s) were not suspects in the first pass; reading their raw bytes again")
+        got = (df.join(F.broadcast(self.spark.createDataFrame(want)), ["partition", "offset"])
+               .select("partition", "offset", "topic", "file", "line", "value").toArrow())
+        pos = {(p, o): i for i, (p, o) in enumerate(zip(got["partition"].to_pylist(), got["offset"].to_pylist()))}
+        cols = {c: tbl[c].to_pylist() for c in ("topic", "file", "line", "raw")}
+        for r, p, o in zip(rows, want["partition"].to_pylist(), want["offset"].to_pylist()):
+            i = pos[(p, o)]
+            for c, src in (("topic", "topic"), ("file", "file"), ("line", "line"), ("raw", "value")):
+                cols[c][r] = got[src][i].as_py()
+        for c, values in cols.items():
+            tbl = tbl.set_column(tbl.schema.get_field_index(c), c, pa.array(values, tbl.schema.field(c).type))
+        return tbl
 
     # ------------------------------------------------------------------ batch
     def process_batch(self, df: DataFrame, batch_id: int) -> BatchReport:
@@ -183,95 +219,85 @@ class MinuteStatsPipeline:
         st = self.store.load_before(batch_id)
         if self.loaded_for != st.batch_id:
             self._rebuild(st)
-        g = self.cfg.guard
         df = with_file_positions(df)
-        ref = st.ref_ts if st.ref_ts is not None else self._sample_ref(df)
-
-        parsed = parse_frames(df, self.cfg.job.parser)
-        keep = guard.may_quarantine(ref, g.max_skew_s, st.watermark)
-        cached = (parsed.withColumn("keep", keep)
-                  .select("ts", "uid", "reason", "topic", "partition", "offset", "file", "line", "keep",
-                          F.when(F.col("keep"), F.col("value")).alias("raw"))
-                  .persist(StorageLevel.MEMORY_AND_DISK))
-        try:
-            t = rep.step("prepare", t0)
-            stats = guard.neighbourhoods(cached, g.neighbourhood)
-            gp = guard.plan(stats, ref, g.min_neighbours)
-            rep.step("read+parse", t)
-            rep.frames = gp.frames
-            if gp.frames:
-                try:
-                    self._count(cached, gp, st, batch_id, rep)
-                except BaseException:
-                    self.loaded_for = None  # memory may be ahead of Delta: rebuild on retry
-                    raise
-            else:
-                self.store.save(replace(st, batch_id=batch_id, versions=self.tables.versions()))
-                self.loaded_for = batch_id
-        finally:
-            cached.unpersist()
+        t = rep.step("prepare", t0)
+        tbl = self._read(df, st)
+        rep.step("read+parse", t)
+        rep.frames = tbl.num_rows
+        if tbl.num_rows:
+            try:
+                self._count(df, tbl, st, batch_id, rep)
+            except BaseException:
+                self.loaded_for = None  # memory may be ahead of Delta: rebuild on retry
+                raise
+        else:
+            self.store.save(replace(st, batch_id=batch_id, versions=self.tables.versions()))
+            self.loaded_for = batch_id
         rep.seconds = time.time() - t0
         self._progress(rep)
         return rep
 
-    def _count(self, cached: DataFrame, gp: guard.GuardPlan, st: JobState, batch_id: int,
-               rep: BatchReport) -> None:
+    def _count(self, df: DataFrame, tbl: pa.Table, st: JobState, batch_id: int, rep: BatchReport) -> None:
         cfg = self.cfg
         wm_prev = st.watermark
-        g = guard.apply(cached, gp, cfg.guard.neighbourhood, cfg.guard.max_skew_s)
-        g = g.withColumn("minute", minute_of(F.col("ts")))
-        is_late = F.col("reason").isNull() & F.lit(wm_prev is not None) & \
-            ((F.col("minute") + 60) <= F.lit(wm_prev if wm_prev is not None else 0))
-        g = g.withColumn("late", is_late)
-        counted = g.where(F.col("reason").isNull() & (~F.col("late") | F.lit(cfg.job.late_corrections)))
-        quarantined = (g.where(F.col("reason").isNotNull() | F.col("late"))
-                        .withColumn("reason", F.coalesce("reason", F.lit(reasons.LATE))))
-
-        # 1. what the batch holds, collected to the driver in ONE job: per-minute
-        #    aggregates of the counted frames + quarantine counts per reason
         t = time.time()
-        cols = {"kind": "string", "reason": "string", "minute": "bigint", "uid": "string", "n": "bigint",
-                "mx": "bigint", "s": "binary", "src": "string", "partition": "int"}
 
-        def shape(df: DataFrame, kind: str) -> DataFrame:
-            return df.select(F.lit(kind).alias("kind"), *[
-                F.col(c) if c in df.columns else F.lit(None).cast(t).alias(c)
-                for c, t in cols.items() if c != "kind"])
+        # 1. guard, late check and counts — all on the collected Arrow table
+        good = pc.is_null(tbl["reason"])
+        gp = guard.plan(guard.neighbourhoods(tbl, good, cfg.guard.neighbourhood), st.ref_ts,
+                        cfg.guard.min_neighbours)
+        outlier = guard.judge(tbl, good, gp, cfg.guard.neighbourhood, cfg.guard.max_skew_s)
+        t = rep.step("guard", t)
+        unkept = np.flatnonzero(outlier & ~pc.fill_null(tbl["keep"], False).to_numpy(zero_copy_only=False))
+        if len(unkept):
+            tbl = self._fetch_raw(df, tbl, unkept)
+        ts = tbl["ts"]
+        minute = pc.multiply(pc.divide(ts, 60), 60)  # ts >= 0: integer division
+        accepted = pc.and_(good, pa.array(~outlier))
+        late = pc.fill_null(pc.and_(accepted, pc.less_equal(pc.add(minute, 60), wm_prev)), False) \
+            if wm_prev is not None else pa.array(np.zeros(tbl.num_rows, dtype=bool))
+        counted = pc.and_not(accepted, late) if not cfg.job.late_corrections else accepted
+        reason = pc.if_else(pa.array(outlier), reasons.TS_OUTLIER,
+                            pc.if_else(late, reasons.LATE, tbl["reason"]))
+        quarantine = pc.is_valid(reason)
+        for r, n in zip(*(lambda vc: (vc.field(0).to_pylist(), vc.field(1).to_pylist()))(
+                pc.value_counts(reason.filter(quarantine)))):
+            rep.quarantined[r] += n
+        q_rows = None
+        if rep.quarantined:
+            q = tbl.append_column("minute", minute).append_column("why", reason).filter(quarantine)
+            now = time.time()
+            q_rows = pa.table({
+                "reason": q["why"], "raw": q["raw"], "topic": q["topic"], "partition": q["partition"],
+                "offset": q["offset"], "file": q["file"], "line": q["line"], "ts": q["ts"], "uid": q["uid"],
+                "minute": pc.if_else(pc.equal(q["why"], reasons.LATE), q["minute"], pa.scalar(None, pa.int64())),
+                "batch_id": pa.array(np.full(q.num_rows, batch_id, dtype=np.int64)),
+                "quarantined_at": pa.array(np.full(q.num_rows, int(now * 1e6), dtype=np.int64)).cast(
+                    SCHEMAS[QUARANTINE].field("quarantined_at").type),
+                "date": minute_date(pa.array(np.full(q.num_rows, int(now), dtype=np.int64)))},
+                schema=SCHEMAS[QUARANTINE])
 
-        n = F.count(F.lit(1)).alias("n")
-        if self.mode == "exact":  # distinct (minute, uid) pairs with their frame counts
-            counts = counted.groupBy("minute", "uid").agg(n, F.max("ts").alias("mx"))
-        else:                     # one HLL sketch per minute
-            counts = counted.groupBy("minute").agg(n, F.max("ts").alias("mx"),
-                                                   F.hll_sketch_agg("uid", self.lg_k).alias("s"))
-        per_partition = (counted.where(~F.col("late"))
-                         .groupBy(F.coalesce("topic", "file").alias("src"), "partition")
-                         .agg(F.max("ts").alias("mx")))
-        tbl = (shape(counts, "count")
-               .unionByName(shape(quarantined.groupBy("reason").agg(n), "quarantine"))
-               .unionByName(shape(per_partition, "partition"))).toArrow()
+        t = rep.step("quarantine", t)
+        c = pa.table({"minute": minute, "uid": tbl["uid"], "ts": ts, "src": tbl["src"],
+                      "partition": tbl["partition"], "late": late}).filter(counted)
         batch_frames: Counter = Counter()
-        batch_uids: dict[int, list[str]] = {}
+        batch_uids: dict[int, pa.Array] = {}
         batch_sketch: dict[int, bytes] = {}
-        batch_partitions: dict[str, int] = {}
+        per_partition = c.filter(pc.invert(c["late"])).group_by(["src", "partition"]).aggregate([("ts", "max")])
+        batch_partitions = {f"{s}#{p}": mx for s, p, mx in zip(*(per_partition[k].to_pylist() for k in (
+            "src", "partition", "ts_max")))}
         max_ts = None
-        is_count = pc.equal(tbl.column("kind"), "count")
-        for r in tbl.filter(pc.invert(is_count)).to_pylist():  # a few rows
-            if r["kind"] == "quarantine":
-                rep.quarantined[r["reason"]] += r["n"]
+        if c.num_rows:  # per-minute work in Arrow (C), not a Python loop over every frame
+            agg = c.group_by("minute").aggregate([("ts", "count"), ("ts", "max")] +
+                                                 ([("uid", "distinct")] if self.mode == "exact" else []))
+            batch_frames.update(dict(zip(agg["minute"].to_pylist(), agg["ts_count"].to_pylist())))
+            max_ts = max(agg["ts_max"].to_pylist())
+            if self.mode == "exact":
+                lists = agg["uid_distinct"].combine_chunks()
+                batch_uids = {m: lists[i].values for i, m in enumerate(agg["minute"].to_pylist())}
             else:
-                batch_partitions[f"{r['src']}#{r['partition']}"] = r["mx"]
-        cnt = tbl.filter(is_count)
-        if cnt.num_rows:  # per-minute work in Arrow (C), not a Python loop over every pair
-            agg = cnt.group_by("minute").aggregate([("n", "sum"), ("mx", "max")])
-            batch_frames.update(dict(zip(agg["minute"].to_pylist(), agg["n_sum"].to_pylist())))
-            max_ts = max(agg["mx_max"].to_pylist())
-            for m in batch_frames:
-                rows = cnt.filter(pc.equal(cnt["minute"], m))
-                if self.mode == "exact":
-                    batch_uids[m] = rows["uid"].to_pylist()
-                else:
-                    batch_sketch[m] = rows["s"][0].as_py()
+                pairs = c.group_by(["minute", "uid"]).aggregate([]).select(["minute", "uid"])
+                batch_sketch = self._sketches(pairs)
         rep.counted = sum(batch_frames.values())
         t = rep.step("collect", t)
 
@@ -291,22 +317,18 @@ class MinuteStatsPipeline:
         for m in late_minutes:  # corrections start from what was stored
             self.frames[m] = old_frames.get(m, 0)
             if self.mode == "exact":
-                self.uids[m] = old_uids.get(m, set())
+                self.uids[m] = old_uids.get(m, pa.array([], pa.string()))
             elif m in old_sk:
                 self.sketch[m] = old_sk[m]
-        new_minutes: list[int] = []  # (minute, uid) pairs never seen before: minute_uids rows
-        new_uids: list[str] = []
+        new_pairs: list[tuple[int, pa.Array]] = []  # (minute, uids never seen in it): minute_uids rows
         for m in touched:
             self.frames[m] = self.frames.get(m, 0) + batch_frames[m]
-            if self.mode == "exact":
-                known = self.uids.get(m)
-                if known is None:
-                    fresh = self.uids[m] = set(batch_uids.get(m, ()))
-                else:
-                    fresh = set(batch_uids.get(m, ())) - known
-                    known |= fresh
-                new_minutes.extend([m] * len(fresh))
-                new_uids.extend(fresh)
+            if self.mode == "exact":  # set difference and union in Arrow: exact, no Python strings
+                known, batch = self.uids.get(m), batch_uids.get(m, pa.array([], pa.string()))
+                fresh = batch if known is None else batch.filter(pc.invert(pc.is_in(batch, value_set=known)))
+                self.uids[m] = fresh if known is None else pa.concat_arrays([known, fresh])
+                if len(fresh):
+                    new_pairs.append((m, fresh))
         estimates = {}
         if self.mode == "approx" and touched:
             merged = self._union_sketches([(m, s) for m, s in batch_sketch.items()] +
@@ -335,13 +357,14 @@ class MinuteStatsPipeline:
         t = rep.step("publish", t)
         # durable: quarantine, new pairs, minute rows — each commit skipped when this
         # batch id is already in the table (a replay); the state file comes last
-        if sum(rep.quarantined.values()):
-            self._write_quarantine(quarantined, sum(rep.quarantined.values()), batch_id)
-        if new_minutes:
-            m_arr = pa.array(new_minutes, pa.int64())
+        if q_rows is not None:
+            self.tables.append(QUARANTINE, q_rows, batch_id)
+        if new_pairs:
+            m_arr = pa.array(np.concatenate([np.full(len(u), m, dtype=np.int64) for m, u in new_pairs]))
             self.tables.append(MINUTE_UIDS, pa.table({
-                "minute": m_arr, "date": minute_date(m_arr), "uid": pa.array(new_uids, pa.string()),
-                "batch_id": pa.array([batch_id] * len(new_uids), pa.int64())}), batch_id)
+                "minute": m_arr, "date": minute_date(m_arr),
+                "uid": pa.concat_arrays([u.cast(pa.string()) for _, u in new_pairs]),
+                "batch_id": pa.array(np.full(len(m_arr), batch_id, dtype=np.int64))}), batch_id)
         self._upsert(results, batch_id)
         t = rep.step("delta", t)
         for r in results:  # final and corrected minutes leave memory
@@ -383,18 +406,6 @@ class MinuteStatsPipeline:
             rows = [r.to_row(batch_id) for r in results]
             self.tables.upsert_minutes(pa.Table.from_pylist(
                 [dict(zip(SCHEMAS[MINUTE_STATS].names, r)) for r in rows], SCHEMAS[MINUTE_STATS]), batch_id)
-
-    def _write_quarantine(self, quarantined: DataFrame, count: int, batch_id: int) -> None:
-        """Quarantined frames with their raw bytes; a big batch of them is written by Spark."""
-        rows = quarantined.select(
-            "reason", "raw", "topic", "partition", "offset", "file", "line", "ts", "uid",
-            F.when(F.col("reason") == reasons.LATE, F.col("minute")).alias("minute"),
-            F.lit(batch_id).cast("bigint").alias("batch_id"),
-            F.current_timestamp().alias("quarantined_at"), F.current_date().alias("date"))
-        if count <= QUARANTINE_VIA_DRIVER:
-            self.tables.append(QUARANTINE, rows.toArrow(), batch_id)
-        else:
-            self.tables.append_with_spark(QUARANTINE, rows, batch_id)
 
     # ------------------------------------------------------------------ end of input
     def flush(self) -> list[MinuteResult]:

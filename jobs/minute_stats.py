@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import sys
 import time
@@ -221,8 +222,13 @@ def main(argv: list[str] | None = None) -> int:
     if query.exception() is not None:
         log(f"minute_stats: query failed: {query.exception()}")
         return 1
+    if os.environ.get("DOODLE_TIMINGS") and query.lastProgress:
+        log(f"  last trigger (ms): {query.lastProgress.get('durationMs')}")
     if args.available_now and not stop["requested"]:
+        t_flush = time.time()
         pipeline.flush()
+        if os.environ.get("DOODLE_TIMINGS"):
+            log(f"  flush: {time.time() - t_flush:.2f}s")
     if args.metrics_file:
         Path(args.metrics_file).write_text(json.dumps({
             **pipeline.totals, "query_seconds": round(time.time() - started, 3), "mode": cfg.job.mode,

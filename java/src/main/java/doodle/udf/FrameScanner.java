@@ -323,20 +323,27 @@ public final class FrameScanner {
      */
     static int scanString(byte[] b, int i, int end, Result r) {
         boolean esc = false;
-        final boolean[] special = STR_SPECIAL;
+        // One loop for mixed text: each step skips the plain-ASCII bytes ahead (8 at a time),
+        // then handles the one byte that stopped it. Text that switches between ASCII and
+        // 2-byte UTF-8 every few characters (Cyrillic words, Latin-1 accents) stays in here.
         for (;;) {
-            // Plain-ASCII fast loops: 8 bytes at a time, then byte by byte.
-            while (i + 8 <= end) {
+            if (i + 8 <= end) {
                 final long m = specialMask((long) LONG_LE.get(b, i));
-                if (m != 0) {
-                    i += Long.numberOfTrailingZeros(m) >>> 3;
-                    break;
+                if (m == 0) {
+                    i += 8;
+                    continue;
                 }
-                i += 8;
+                i += Long.numberOfTrailingZeros(m) >>> 3;
+            } else {
+                while (i < end && !STR_SPECIAL[b[i] & 0xFF]) i++;
+                if (i >= end) return -1;
             }
-            while (i < end && !special[b[i] & 0xFF]) i++;
-            if (i >= end) return -1;
             final int c = b[i] & 0xFF;
+            if (c >= 0xC2 && c < 0xE0) { // 2-byte sequence: the common non-ASCII case
+                if (i + 1 >= end || (b[i + 1] & 0xC0) != 0x80) return -1;
+                i += 2;
+                continue;
+            }
             if (c == '"') {
                 r.esc = esc;
                 return i;
@@ -359,26 +366,8 @@ public final class FrameScanner {
                 continue;
             }
             if (c < 0x20) return -1;
-            // A run of non-ASCII characters (text in Cyrillic, CJK, ...): stay in this loop.
-            int d = c;
-            do {
-                // SWAR: four 2-byte sequences (lead C2..DF, continuation) in one 8-byte check.
-                while (i + 8 <= end) {
-                    final long x = (long) LONG_LE.get(b, i);
-                    if ((x & 0xC0E0C0E0C0E0C0E0L) != 0x80C080C080C080C0L
-                            || (((x & 0x001E001E001E001EL) + 0x007F007F007F007FL) & 0x0080008000800080L)
-                                    != 0x0080008000800080L) {
-                        break;
-                    }
-                    i += 8;
-                }
-                if (i >= end) return -1;
-                d = b[i] & 0xFF;
-                if (d < 0x80) break;
-                i = utf8(b, i, end, d);
-                if (i < 0 || i >= end) return -1;
-                d = b[i] & 0xFF;
-            } while (d >= 0x80);
+            i = utf8(b, i, end, c); // 3- and 4-byte sequences, and every invalid lead byte
+            if (i < 0) return -1;
         }
     }
 
