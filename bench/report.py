@@ -85,15 +85,21 @@ def _mark(met) -> str:
     return "✅ met" if met is True else "❌ missed" if met is False else "–"
 
 
+def _runs(r: dict) -> str:
+    runs = r.get("runs_frames_per_s") or []
+    return " / ".join(f"{v / 1000:.0f}k" for v in runs) if len(runs) > 1 else "–"
+
+
 def table_md(result: dict) -> str:
     """The throughput table as markdown."""
     base = _rate(result["results"], "old_consumer")
-    lines = ["| row | what | frames/s | × old_consumer | query s | wall s | peak RSS MB |",
-             "|---|---|---:|---:|---:|---:|---:|"]
+    lines = ["| row | what | frames/s (median) | all runs | × old_consumer | query s | wall s | peak RSS MB |",
+             "|---|---|---:|---:|---:|---:|---:|---:|"]
     for r in result["results"]:
         x = f"{r['frames_per_s'] / base:.2f}×" if base and r.get("frames_per_s") else "–"
-        lines.append(f"| `{r['name']}` | {ROW_MEANING.get(r['name'], '')} | {fmt_int(r.get('frames_per_s'))} | {x} "
-                     f"| {r.get('query_s', 0):.1f} | {r.get('wall_s', 0):.1f} | {fmt_int(r.get('peak_rss_mb'))} |")
+        lines.append(f"| `{r['name']}` | {ROW_MEANING.get(r['name'], '')} | {fmt_int(r.get('frames_per_s'))} "
+                     f"| {_runs(r)} | {x} | {r.get('query_s', 0):.1f} | {r.get('wall_s', 0):.1f} "
+                     f"| {fmt_int(r.get('peak_rss_mb'))} |")
     return "\n".join(lines)
 
 
@@ -161,7 +167,8 @@ def markdown(result: dict) -> str:
            f"- started {result['started']}, took {result['elapsed_s']:.0f}s", "",
            "## Throughput (same topic, one after another)", "", table_md(result), "",
            "frames/s = frames / query time (query start → end incl. the final flush; JVM start-up "
-           "excluded, it is in wall s). Peak RSS: the whole process tree (JVM + Python).", "",
+           "excluded, it is in wall s). Each row ran in interleaved rounds; the median run is shown "
+           "(query s, wall s and RSS are that run's). Peak RSS: the whole process tree (JVM + Python).", "",
            "## Targets", "", targets_md(result["targets"])]
     if result.get("parsers"):
         out += ["", "## Parse paths (Spark, parse-only)", "", parsers_md(result["parsers"])]
@@ -208,11 +215,11 @@ def update_readme_section(result: dict, readme: Path = README, link: str | None 
 def text_table(result: dict) -> str:
     """The throughput table and the targets as plain text (printed at the end of a run)."""
     base = _rate(result["results"], "old_consumer")
-    lines = [f"{'row':<14} {'frames/s':>10} {'x old':>7} {'query s':>8} {'wall s':>7} {'RSS MB':>7}"]
+    lines = [f"{'row':<14} {'frames/s':>10} {'x old':>7} {'query s':>8} {'wall s':>7} {'RSS MB':>7}  all runs"]
     for r in result["results"]:
         x = f"{r['frames_per_s'] / base:.2f}" if base and r.get("frames_per_s") else "-"
         lines.append(f"{r['name']:<14} {fmt_int(r.get('frames_per_s')):>10} {x:>7} {r.get('query_s', 0):>8.1f} "
-                     f"{r.get('wall_s', 0):>7.1f} {fmt_int(r.get('peak_rss_mb')):>7}")
+                     f"{r.get('wall_s', 0):>7.1f} {fmt_int(r.get('peak_rss_mb')):>7}  {_runs(r)}")
     for t in result["targets"]:
         lines.append(f"{_mark(t['met']):<9} {t['target']}: {t['margin']}")
     return "\n".join(lines)

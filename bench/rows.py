@@ -24,7 +24,7 @@ import shutil
 from collections import defaultdict
 from pathlib import Path
 
-from bench.common import (BenchError, ProcResult, event_log_flags, python, run_process, say,
+from bench.common import (BenchError, ProcResult, event_log_flags, load_cfg, python, run_process, say,
                           spark_cmd)
 
 ROWS = ("read_ceiling", "old_consumer", "naive_spark", "job_exact", "job_approx")
@@ -85,13 +85,16 @@ def run_read_ceiling(topic: str, work: Path, profile: bool = True, repeat: int =
     run_dir = _fresh(work / "read_ceiling")
     flags, env = _profile(run_dir, profile)
     metrics = run_dir / "metrics.json"
-    cmd = spark_cmd("bench/read_ceiling.py", ["--topic", topic, "--metrics-file", metrics,
-                                              "--repeat", repeat], flags)
+    # the job's own source options (Spark tasks per batch), so the ceiling is the same read
+    min_partitions = load_cfg().job.min_partitions
+    cmd = spark_cmd("bench/read_ceiling.py", ["--topic", topic, "--metrics-file", metrics, "--repeat", repeat,
+                                              "--option", f"minPartitions={min_partitions}"], flags)
     res = run_process(cmd, run_dir, "read_ceiling", env=env, timeout=TIMEOUT_S)
     m = _metrics(metrics, res, "read_ceiling")
     row = {"name": "read_ceiling", "frames": m["frames"], "query_s": m["query_seconds"],
            "frames_per_s": round(m["frames"] / m["query_seconds"], 1), "wall_s": res.wall_s,
-           "peak_rss_mb": res.peak_rss_mb, "bytes_per_frame": round(m["bytes"] / max(m["frames"], 1), 1)}
+           "peak_rss_mb": res.peak_rss_mb, "bytes_per_frame": round(m["bytes"] / max(m["frames"], 1), 1),
+           "min_partitions": min_partitions}
     row["runs_in_eventlog"] = max(1, repeat)
     if m.get("warm_query_seconds"):
         row["warm_frames_per_s"] = [round(m["frames"] / s, 1) for s in m["warm_query_seconds"]]

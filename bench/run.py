@@ -46,6 +46,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                     help="quick check (CI): short latency run, one repetition, results to bench/.work/smoke/")
     ap.add_argument("--rows", default=",".join(_rows()),
                     help="comma-separated throughput rows to run (default: all)")
+    ap.add_argument("--repeat", type=int, help="runs of each throughput row, interleaved; the median run "
+                                               "(by frames/s) is reported (default 3, --smoke 1)")
     ap.add_argument("--skip-parsers", action="store_true", help="skip the parse-path and format comparison")
     ap.add_argument("--skip-latency", action="store_true", help="skip the live latency run")
     ap.add_argument("--parser-frames", type=int, default=200_000, help="frames for the parse paths (200000)")
@@ -108,6 +110,15 @@ def where_time_goes(rows: list[dict]) -> str:
     return "\n".join(out)
 
 
+def median_run(runs: list[dict]) -> dict:
+    """The median run of one row by frames/s (the lower middle of an even count), with every
+    run's frames/s attached so the spread is visible."""
+    ordered = sorted(runs, key=lambda r: r["frames_per_s"])
+    row = dict(ordered[(len(ordered) - 1) // 2])
+    row["runs_frames_per_s"] = [r["frames_per_s"] for r in runs]
+    return row
+
+
 def _step(name: str, fn, failures: list[str]):
     """Run one step; a failure is recorded and reported, the run goes on."""
     try:
@@ -136,6 +147,9 @@ def run(args: argparse.Namespace) -> int:
     work = WORK_DIR / ("smoke" if args.smoke else "runs")
     out_dir = Path(args.out_dir) if args.out_dir else (WORK_DIR / "smoke" if args.smoke else RESULTS_DIR)
     repeat = 1 if args.smoke else 2
+    rounds = args.repeat or (1 if args.smoke else 3)
+    if rounds < 1:
+        raise BenchError("--repeat must be >= 1")
     duration = args.latency_duration or (40.0 if args.smoke else 150.0)
     profile = not args.no_profile
 
@@ -150,10 +164,20 @@ def run(args: argparse.Namespace) -> int:
     from bench.rows import run_row
     with broker(cfg, may_start=cfg.kafka.bootstrap_servers == default_bootstrap) as started_broker:
         load = prepare_topic(cfg, frames, topic, key=args.key)
+        runs: dict[str, list[dict]] = {name: [] for name in rows_wanted}
+        errors: dict[str, str] = {}
+        for k in range(rounds):  # interleaved rounds: drift on the machine hits every row alike
+            if rounds > 1:
+                say(f"round {k + 1} of {rounds}")
+            for name in rows_wanted:
+                row = _step(name, lambda: run_row(name, topic, work, profile=profile, repeat_ceiling=repeat),
+                            failures)
+                if row is None:
+                    errors[name] = failures[-1]
+                else:
+                    runs[name].append(row)
         for name in rows_wanted:
-            row = _step(name, lambda: run_row(name, topic, work, profile=profile, repeat_ceiling=repeat),
-                        failures)
-            rows.append(row if row is not None else {"name": name, "error": failures[-1]})
+            rows.append(median_run(runs[name]) if runs[name] else {"name": name, "error": errors[name]})
         if not args.skip_parsers:
             n = min(args.parser_frames, frames.count)
             parsers = _step("parsers", lambda: run_parsers(frames.path, n, repeat, work), failures)

@@ -38,7 +38,8 @@ SUSPECT_FN = "doodle_suspect"
 def register_suspect(spark) -> bool:
     """Register the JVM function ``doodle_suspect``; False if its jar is not on the classpath."""
     try:
-        spark._jvm.doodle.udf.Suspect.register(spark._jsparkSession)
+        if not spark._jsparkSession.catalog().functionExists(SUSPECT_FN):
+            spark._jvm.doodle.udf.Suspect.register(spark._jsparkSession)
         return True
     except Exception:  # noqa: BLE001 - py4j: class not found
         return False

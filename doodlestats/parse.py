@@ -26,7 +26,8 @@ _UDF_NAME = "doodle_parse"
 
 def register_jvm_parser(spark) -> None:
     """Register the JVM scanner as the SQL function ``doodle_parse(value)``."""
-    spark.udf.registerJavaFunction(_UDF_NAME, "doodle.udf.FrameParser", PARSED_TYPE)
+    if not spark._jsparkSession.catalog().functionExists(_UDF_NAME):
+        spark.udf.registerJavaFunction(_UDF_NAME, "doodle.udf.FrameParser", PARSED_TYPE)
 
 
 def _jvm(df: DataFrame) -> DataFrame:

@@ -90,3 +90,61 @@ def test_a_quarantine_is_written_once_when_a_batch_is_replayed(spark, tmp_path):
     q = Tables(delta, "x").read(QUARANTINE)
     assert q.num_rows == want
     assert all(r is not None for r in q.column("raw").to_pylist())
+
+
+# ---------------------------------------------------------------- the guard's single pass
+def _frame(ts: int, uid: str) -> bytes:
+    return b'{"uid":"%s","n":{"ts":1,"uid":"decoy"},"ts":%d}' % (uid.encode(), ts)
+
+
+def test_suspect_keeps_the_raw_bytes_of_far_frames_in_one_task(spark):
+    """doodle_suspect (JVM, per task): the first frames of a task, a bit flip and the
+    first frames after a jump are suspects; frames close to their recent neighbours are not."""
+    from pyspark.sql import functions as F
+
+    from doodlestats import guard
+    assert guard.register_suspect(spark), "doodle-udf.jar with doodle.udf.Suspect must be on the classpath"
+    t0 = 1_466_000_000
+    ts = [t0 + i for i in range(100)]
+    ts[50] = t0 + (1 << 22)                     # a flipped bit: 48 days ahead
+    ts += [t0 + 7200 + i for i in range(60)]    # the stream jumps two hours ahead
+    df = spark.createDataFrame([(i, t) for i, t in enumerate(ts)], "i BIGINT, ts BIGINT").coalesce(1)
+    got = dict(df.orderBy("i").select("i", F.expr(f"{guard.SUSPECT_FN}(ts, CAST(3600 AS BIGINT))").alias("s"))
+               .collect())
+    flagged = {i for i, s in got.items() if s}
+    assert set(range(8)) <= flagged                       # nothing to compare with yet
+    assert 50 in flagged                                  # the flip
+    assert 100 in flagged                                 # first frame after the jump
+    assert not flagged & (set(range(8, 50)) | set(range(51, 100)))  # plausible neighbours
+    assert not flagged & set(range(140, 160))             # the new time is the new normal
+    # warm-up + the flip + at most half the window + one re-sort interval after the jump
+    assert len(flagged) <= 8 + 1 + (32 // 2 + 8)
+
+
+def test_an_outlier_that_was_not_a_suspect_is_quarantined_with_its_bytes(spark, tmp_path, capsys):
+    """A partition that *starts* two hours ahead of the rest of its neighbourhood: the
+    running median calls those frames plausible, the neighbourhood median does not. They
+    are quarantined as ts_outlier with their raw bytes read again; the rest is counted."""
+    from doodlestats.config import load_config
+    from doodlestats.pipeline import MinuteStatsPipeline
+    from doodlestats.tables import QUARANTINE, Tables
+    t0 = 1_466_000_040
+    rows = [(t0 + 7200 + i % 30, f"early{i % 7}") for i in range(40)] + \
+           [(t0 + i % 100, f"u{i % 37}") for i in range(960)]
+    lines = [_frame(t, u) for t, u in rows]
+    df = spark.createDataFrame([(v, "t", 0, i, None, None) for i, v in enumerate(lines)], SOURCE).coalesce(1)
+    cfg = load_config(write_conf(tmp_path / "c.toml"))
+    delta = str(tmp_path / "delta")
+    p = MinuteStatsPipeline(spark, cfg, str(tmp_path / "ckpt"), delta, progress=False)
+    rep = p.process_batch(df, 0)
+    p.flush()
+    assert "were not suspects in the first pass" in capsys.readouterr().err
+    assert dict(rep.quarantined) == {"ts_outlier": 40}
+    q = Tables(delta, "x").read(QUARANTINE).sort_by("offset").to_pylist()
+    assert [r["offset"] for r in q] == list(range(40))
+    assert [r["raw"] for r in q] == lines[:40] and {r["topic"] for r in q} == {"t"}
+    want: dict[int, set] = {}
+    for t, u in rows[40:]:
+        want.setdefault(t - t % 60, set()).add(u)
+    frames = {m: sum(1 for t, _ in rows[40:] if t - t % 60 == m) for m in want}
+    assert _stored(delta) == {m: (len(u), frames[m]) for m, u in want.items()}
