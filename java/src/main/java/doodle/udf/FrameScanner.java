@@ -323,25 +323,27 @@ public final class FrameScanner {
      */
     static int scanString(byte[] b, int i, int end, Result r) {
         boolean esc = false;
-        // One loop for mixed text: each step skips the plain-ASCII bytes ahead (8 at a time),
-        // then handles the one byte that stopped it. Text that switches between ASCII and
-        // 2-byte UTF-8 every few characters (Cyrillic words, Latin-1 accents) stays in here.
+        // One loop for mixed text: a 2-byte UTF-8 sequence (Cyrillic, Latin-1 accents) is
+        // checked first, a plain-ASCII byte starts a skip of 8 bytes at a time; text that
+        // switches between the two every few characters never leaves this loop.
         for (;;) {
-            if (i + 8 <= end) {
-                final long m = specialMask((long) LONG_LE.get(b, i));
-                if (m == 0) {
-                    i += 8;
-                    continue;
-                }
-                i += Long.numberOfTrailingZeros(m) >>> 3;
-            } else {
-                while (i < end && !STR_SPECIAL[b[i] & 0xFF]) i++;
-                if (i >= end) return -1;
-            }
+            if (i >= end) return -1;
             final int c = b[i] & 0xFF;
-            if (c >= 0xC2 && c < 0xE0) { // 2-byte sequence: the common non-ASCII case
+            if (c >= 0xC2 && c < 0xE0) {
                 if (i + 1 >= end || (b[i + 1] & 0xC0) != 0x80) return -1;
                 i += 2;
+                continue;
+            }
+            if (!STR_SPECIAL[c]) {
+                i++;
+                while (i + 8 <= end) {
+                    final long m = specialMask((long) LONG_LE.get(b, i));
+                    if (m != 0) {
+                        i += Long.numberOfTrailingZeros(m) >>> 3;
+                        break;
+                    }
+                    i += 8;
+                }
                 continue;
             }
             if (c == '"') {
