@@ -114,6 +114,7 @@ class MinuteStatsPipeline:
         self.quarantined_total: Counter = Counter()
         self.totals = {"batches": 0, "frames": 0, "counted": 0, "batch_seconds": 0.0}
         self.last_end = time.time()
+        self.first_batch_at: float | None = None  # when the first micro-batch reached the pipeline
 
     # ------------------------------------------------------------------ state
     def _load_minutes(self, filters, st: JobState) -> tuple[dict, dict, dict]:
@@ -211,6 +212,7 @@ class MinuteStatsPipeline:
     def process_batch(self, df: DataFrame, batch_id: int) -> BatchReport:
         """Process one micro-batch; idempotent for a replayed ``batch_id``."""
         t0 = time.time()
+        self.first_batch_at = self.first_batch_at or t0
         rep = BatchReport(batch_id)
         if self.store.done(batch_id):
             rep.skipped = True

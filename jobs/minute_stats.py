@@ -205,6 +205,8 @@ def main(argv: list[str] | None = None) -> int:
         f"watermark {cfg.job.watermark_s}s | checkpoint {checkpoint}")
     started = time.time()
     query = writer.start()
+    if os.environ.get("DOODLE_TIMINGS"):
+        log(f"  writeStream.start() returned after {time.time() - started:.2f}s")
 
     stop = {"requested": False}
 
@@ -224,6 +226,9 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     if os.environ.get("DOODLE_TIMINGS") and query.lastProgress:
         log(f"  last trigger (ms): {query.lastProgress.get('durationMs')}")
+        if pipeline.first_batch_at:
+            log(f"  query start → first batch {pipeline.first_batch_at - started:.2f}s, "
+                f"last batch end → query end {time.time() - pipeline.last_end:.2f}s")
     if args.available_now and not stop["requested"]:
         t_flush = time.time()
         pipeline.flush()
