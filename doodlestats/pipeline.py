@@ -7,8 +7,10 @@ plain DataFrames. The input DataFrame has the normalised source columns
 
 Per batch, in order::
 
-    parse → guard (ts_outlier) → late check → count → publish (Kafka, stdout)
-          → Delta: quarantine, minute_uids, minute_stats → state file
+    Spark, one job: read → parse → Arrow (every frame's ts/uid/reason/coordinates; raw
+                    bytes only of frames that may be quarantined, see guard.keep_raw)
+    driver, Arrow:  guard (ts_outlier) → late check → count → publish (Kafka, stdout)
+                    → Delta: quarantine, minute_uids, minute_stats → state file
 
 Counting state: the open (not yet final) minutes live in the driver — the exact set of
 uids per minute, or a HyperLogLog sketch per minute in approx mode — and are rebuilt

@@ -97,15 +97,6 @@ class Tables:
                         commit_properties=self._props(name, batch_id))
         return True
 
-    def append_with_spark(self, name: str, df, batch_id: int) -> bool:
-        """Like :meth:`append`, for rows too many to collect: Spark writes them with the same
-        application transaction, so the replay check is the same."""
-        if self.committed(name, batch_id):
-            return False
-        (df.write.format("delta").mode("append")
-         .option("txnAppId", self._app(name)).option("txnVersion", batch_id).save(self.path(name)))
-        return True
-
     def upsert_minutes(self, rows: pa.Table, batch_id: int) -> None:
         """MERGE rows of ``minute_stats`` by minute; absolute values, so replays are harmless."""
         from deltalake import DeltaTable
