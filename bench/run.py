@@ -10,7 +10,8 @@ Steps (progress on stderr, the result table on stdout):
    ``bench-<frames>`` unless it already holds exactly that many messages. The embedded
    broker is started if none answers (and stopped again at the end).
 2. throughput rows, one process each: read_ceiling, old_consumer, naive_spark,
-   job_exact, job_approx (``bench/rows.py``).
+   job_exact, job_approx (``bench/rows.py``), in interleaved rounds (``--repeat``,
+   default 3): the median run of each row is reported, with every run's frames/s.
 3. parse paths in Spark and JSON vs Avro (``bench/parsers.py``, ``bench/formats.py``)
    unless ``--skip-parsers``.
 4. live latency (``bench/latency.py``) unless ``--skip-latency``.

@@ -37,9 +37,9 @@ import pyarrow.compute as pc
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
-from doodlestats import guard, reasons
+from doodlestats import guard, reasons, sketch
 from doodlestats.config import Config
-from doodlestats.parse import minute_of, parse_frames
+from doodlestats.parse import parse_frames
 from doodlestats.results import CORRECTED, FINAL, PROVISIONAL, MinuteResult, iso
 from doodlestats.state import JobState, StateStore
 from doodlestats.tables import MINUTE_STATS, MINUTE_UIDS, QUARANTINE, SCHEMAS, Tables, minute_date
@@ -162,16 +162,10 @@ class MinuteStatsPipeline:
     # ------------------------------------------------------------------ stages
     def _union_sketches(self, pairs: list[tuple[int, bytes]]) -> dict[int, tuple[bytes, int]]:
         """minute -> (union sketch, estimate) over the given (minute, sketch) rows."""
-        df = self.spark.createDataFrame(pairs, "minute BIGINT, s BINARY")
-        rows = (df.groupBy("minute").agg(F.hll_union_agg("s", True).alias("s"))
-                  .select("minute", "s", F.hll_sketch_estimate("s").alias("n")).collect())
-        return {r["minute"]: (bytes(r["s"]), r["n"]) for r in rows}
-
-    def _sketches(self, pairs: pa.Table) -> dict[int, bytes]:
-        """minute -> HLL sketch (Spark's ``hll_sketch_agg``) of the (minute, uid) pairs."""
-        rows = (self.spark.createDataFrame(pairs).groupBy("minute")
-                .agg(F.hll_sketch_agg("uid", self.lg_k).alias("s")).collect())
-        return {r["minute"]: bytes(r["s"]) for r in rows}
+        by_minute: dict[int, list[bytes]] = {}
+        for m, s in pairs:
+            by_minute.setdefault(m, []).append(s)
+        return {m: sketch.union(ss, self.lg_k) for m, ss in by_minute.items()}
 
     def _read(self, df: DataFrame, st: JobState) -> pa.Table:
         """The batch's ONE Spark job: read → parse → Arrow in the driver.
@@ -299,9 +293,11 @@ class MinuteStatsPipeline:
             if self.mode == "exact":
                 lists = agg["uid_distinct"].combine_chunks()
                 batch_uids = {m: lists[i].values for i, m in enumerate(agg["minute"].to_pylist())}
-            else:
-                pairs = c.group_by(["minute", "uid"]).aggregate([]).select(["minute", "uid"])
-                batch_sketch = self._sketches(pairs)
+            else:  # one HLL sketch per minute, from the minute's distinct uids
+                agg_u = c.group_by("minute").aggregate([("uid", "distinct")])
+                lists = agg_u["uid_distinct"].combine_chunks()
+                batch_sketch = {m: sketch.build(lists[i].values, self.lg_k)
+                                for i, m in enumerate(agg_u["minute"].to_pylist())}
         rep.counted = sum(batch_frames.values())
         t = rep.step("collect", t)
 
@@ -396,9 +392,7 @@ class MinuteStatsPipeline:
                             self.sketch.get(m) if self.mode == "approx" else None)
 
     def _estimate(self, m: int) -> int:
-        if m not in self.sketch:
-            return 0
-        return self._union_sketches([(m, self.sketch[m])])[m][1]
+        return sketch.estimate(self.sketch[m]) if m in self.sketch else 0
 
     def _evict(self, m: int) -> None:
         self.uids.pop(m, None)

@@ -148,3 +148,33 @@ def test_an_outlier_that_was_not_a_suspect_is_quarantined_with_its_bytes(spark, 
         want.setdefault(t - t % 60, set()).add(u)
     frames = {m: sum(1 for t, _ in rows[40:] if t - t % 60 == m) for m in want}
     assert _stored(delta) == {m: (len(u), frames[m]) for m, u in want.items()}
+
+
+def test_driver_sketches_are_spark_sketches(spark):
+    """approx mode builds its HLL sketches in the driver (DataSketches for Python); Spark's
+    hll_* functions must read them as their own. A sketch of the same uids built by Spark
+    has the same registers: unioned, each gives the same estimate as both together.
+    (One sketch alone may be estimated differently — streaming updates use the HIP
+    estimator, merged sketches the composite one — so registers and unions are compared.)"""
+    import pyarrow as pa
+    from pyspark.sql import functions as F
+
+    from doodlestats import sketch
+    uids = [f"{i:019x}" for i in range(0, 60_000, 3)] + ["Ünïcödé ✓", "日本語", "😀"]
+    ours = sketch.build(pa.array(uids), 12)
+    theirs = bytes(spark.createDataFrame([(u,) for u in uids], "uid STRING")
+                   .agg(F.hll_sketch_agg("uid", 12).alias("s")).collect()[0]["s"])
+
+    def spark_union(sketches):
+        return (spark.createDataFrame([(bytearray(x),) for x in sketches], "s BINARY")
+                .agg(F.hll_sketch_estimate(F.hll_union_agg("s", True)).alias("n")).collect()[0]["n"])
+    from datasketches import hll_sketch
+
+    def registers(x):  # the HLL_8 image ends with its 2^12 one-byte registers
+        return bytes(hll_sketch.deserialize(x).serialize_updatable())[-(1 << 12):]
+    assert registers(ours) == registers(theirs)
+    more = sketch.build(pa.array([f"x{i}" for i in range(5000)]), 12)
+    n = sketch.union([ours, more], 12)[1]
+    assert spark_union([ours, more]) == spark_union([theirs, more]) == n
+    assert abs(n - len(uids) - 5000) <= 3 * 1.04 / 2 ** 6 * (len(uids) + 5000)
+    assert abs(sketch.estimate(ours) - len(uids)) <= 3 * 1.04 / 2 ** 6 * len(uids)
