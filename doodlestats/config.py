@@ -69,6 +69,7 @@ class JobConf:
     parser: str = "jvm"
     idle_partition_s: float = 30.0
     min_partitions: int = 8
+    warm_up_frames: int = 20_000
 
 
 @dataclass(frozen=True)
@@ -154,6 +155,8 @@ def _check(cfg: Config) -> None:
         raise ConfigError(f"job.max_offsets_per_trigger: must be >= 1, got {j.max_offsets_per_trigger}")
     if j.min_partitions < 1:
         raise ConfigError(f"job.min_partitions: must be >= 1, got {j.min_partitions}")
+    if j.warm_up_frames < 0:
+        raise ConfigError(f"job.warm_up_frames: must be >= 0, got {j.warm_up_frames}")
     if j.idle_partition_s <= 0:
         raise ConfigError(f"job.idle_partition_s: must be > 0, got {j.idle_partition_s}")
     if j.parser not in ("jvm", "python", "spark"):

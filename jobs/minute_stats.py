@@ -204,9 +204,12 @@ def main(argv: list[str] | None = None) -> int:
         f"→ {cfg.kafka.output_topic} + {delta} | mode {cfg.job.mode} | parser {cfg.job.parser} | "
         f"watermark {cfg.job.watermark_s}s | checkpoint {checkpoint}")
     started = time.time()
+    if cfg.job.warm_up_frames and not args.available_now:  # live: the first results must be on time
+        log(f"minute_stats: warm-up on {cfg.job.warm_up_frames:,} synthetic frames took "
+            f"{pipeline.warm_up(cfg.job.warm_up_frames):.1f}s")
     query = writer.start()
     if os.environ.get("DOODLE_TIMINGS"):
-        log(f"  writeStream.start() returned after {time.time() - started:.2f}s")
+        log(f"  warm-up + writeStream.start() returned after {time.time() - started:.2f}s")
 
     stop = {"requested": False}
 
