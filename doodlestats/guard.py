@@ -18,8 +18,9 @@ final, and *suspects* — frames far from the running median of the last frames 
 Spark task read (the JVM function ``doodle_suspect``, see ``java/.../Suspect.java``).
 The driver then judges every frame with the neighbourhood medians (:func:`judge`, in
 Arrow). An outlier that was not a suspect (possible only if a task's recent frames and
-its neighbourhood disagree by more than ``max_skew_s``) is reported by :func:`judge` so
-the caller fetches its raw bytes again: nothing is quarantined without them.
+its neighbourhood disagree by more than ``max_skew_s``) has no raw bytes in the table;
+the pipeline reads them again from the batch's source: nothing is quarantined without
+them.
 """
 
 from __future__ import annotations
@@ -97,7 +98,7 @@ class GuardPlan:
     batch_ref: int | None      # median of the batch (or the previous reference)
     next_ref: int | None       # reference handed to the next batch
     frames: int                # frames in the batch
-    suspects: int = 0          # parsed frames far enough from the old reference to be judged
+    suspects: int = 0          # parsed frames whose raw bytes were kept (suspects, late candidates)
 
 
 def _weighted_median(pairs: list[tuple[int, int]]) -> int | None:
