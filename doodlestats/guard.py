@@ -71,24 +71,23 @@ def neighbourhood_keys(tbl: pa.Table, size: int) -> pa.Table:
 def neighbourhoods(tbl: pa.Table, good: pa.Array, size: int) -> list[dict]:
     """Per neighbourhood: median ts of parsed frames, their count, all frames, last offset.
 
-    ``tbl`` holds ``src``, ``partition``, ``offset``, ``ts``, ``keep``; ``good`` marks the
+    ``tbl`` holds ``src``, ``partition``, ``offset``, ``ts``; ``good`` marks the
     parsed frames. The median is Arrow's t-digest estimate (like Spark's
     ``percentile_approx``), far finer than the hour-scale ``max_skew_s``.
     """
     keys = neighbourhood_keys(tbl, size)
     allrows = keys.append_column("offset", tbl["offset"]).group_by(["src", "partition", "nb"]).aggregate(
         [("offset", "count"), ("offset", "max")])
-    g = keys.append_column("ts", tbl["ts"]).append_column("keep", tbl["keep"]).filter(good)
-    goodrows = g.group_by(["src", "partition", "nb"]).aggregate(
-        [("ts", "approximate_median"), ("ts", "count"), ("keep", "sum")])
-    med = {(s, p, n): (m, c, k) for s, p, n, m, c, k in zip(*(goodrows[c].to_pylist() for c in (
-        "src", "partition", "nb", "ts_approximate_median", "ts_count", "keep_sum")))}
+    g = keys.append_column("ts", tbl["ts"]).filter(good)
+    goodrows = g.group_by(["src", "partition", "nb"]).aggregate([("ts", "approximate_median"), ("ts", "count")])
+    med = {(s, p, n): (m, c) for s, p, n, m, c in zip(*(goodrows[c].to_pylist() for c in (
+        "src", "partition", "nb", "ts_approximate_median", "ts_count")))}
     out = []
     for s, p, n, total, last in zip(*(allrows[c].to_pylist() for c in (
             "src", "partition", "nb", "offset_count", "offset_max"))):
-        m, c, k = med.get((s, p, n), (None, 0, 0))
+        m, c = med.get((s, p, n), (None, 0))
         out.append({"src": s, "partition": p, "nb": n, "med": None if m is None else int(round(m)),
-                    "good": c, "total": total, "suspects": k or 0, "last": last})
+                    "good": c, "total": total, "last": last})
     return out
 
 
@@ -98,7 +97,6 @@ class GuardPlan:
     batch_ref: int | None      # median of the batch (or the previous reference)
     next_ref: int | None       # reference handed to the next batch
     frames: int                # frames in the batch
-    suspects: int = 0          # parsed frames whose raw bytes were kept (suspects, late candidates)
 
 
 def _weighted_median(pairs: list[tuple[int, int]]) -> int | None:
@@ -130,8 +128,7 @@ def plan(stats: list, prev_ref: int | None, min_neighbours: int) -> GuardPlan:
             newest[k] = (r["last"], r["med"])
     newest_meds = sorted(m for _, m in newest.values() if m is not None)
     next_ref = newest_meds[len(newest_meds) // 2] if newest_meds else batch_ref
-    return GuardPlan(refs, batch_ref, next_ref, sum(r["total"] for r in stats),
-                     sum(r.get("suspects", 0) or 0 for r in stats))
+    return GuardPlan(refs, batch_ref, next_ref, sum(r["total"] for r in stats))
 
 
 def judge(tbl: pa.Table, good: pa.Array, guard_plan: "GuardPlan", size: int, max_skew: int) -> np.ndarray:

@@ -304,18 +304,15 @@ class MinuteStatsPipeline:
             "src", "partition", "ts_max")))}
         max_ts = None
         if c.num_rows:  # per-minute work in Arrow (C), not a Python loop over every frame
-            agg = c.group_by("minute").aggregate([("ts", "count"), ("ts", "max")] +
-                                                 ([("uid", "distinct")] if self.mode == "exact" else []))
-            batch_frames.update(dict(zip(agg["minute"].to_pylist(), agg["ts_count"].to_pylist())))
+            agg = c.group_by("minute").aggregate([("ts", "count"), ("ts", "max"), ("uid", "distinct")])
+            minutes = agg["minute"].to_pylist()
+            batch_frames.update(dict(zip(minutes, agg["ts_count"].to_pylist())))
             max_ts = max(agg["ts_max"].to_pylist())
+            lists = agg["uid_distinct"].combine_chunks()
             if self.mode == "exact":
-                lists = agg["uid_distinct"].combine_chunks()
-                batch_uids = {m: lists[i].values for i, m in enumerate(agg["minute"].to_pylist())}
+                batch_uids = {m: lists[i].values for i, m in enumerate(minutes)}
             else:  # one HLL sketch per minute, from the minute's distinct uids
-                agg_u = c.group_by("minute").aggregate([("uid", "distinct")])
-                lists = agg_u["uid_distinct"].combine_chunks()
-                batch_sketch = {m: sketch.build(lists[i].values, self.lg_k)
-                                for i, m in enumerate(agg_u["minute"].to_pylist())}
+                batch_sketch = {m: sketch.build(lists[i].values, self.lg_k) for i, m in enumerate(minutes)}
         rep.counted = sum(batch_frames.values())
         t = rep.step("collect", t)
 
