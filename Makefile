@@ -51,26 +51,26 @@ $(UDF_JAR): java/pom.xml $(JAVA_SRC)
 	@touch $@
 
 kafka-up: setup ## start the embedded Kafka broker (KRaft) and create the topics
-	@$(VPY) -m doodlestats.kafka_local up
+	@$(VPY) -m tools.kafka_local up
 
 kafka-down: ## stop the embedded Kafka broker (by its PID file)
-	@if [ -x $(VPY) ]; then $(VPY) -m doodlestats.kafka_local down; else echo "kafka: not set up"; fi
+	@if [ -x $(VPY) ]; then $(VPY) -m tools.kafka_local down; else echo "kafka: not set up"; fi
 
 kafka-status: ## is the embedded broker running?
-	@$(VPY) -m doodlestats.kafka_local status
+	@$(VPY) -m tools.kafka_local status
 
 $(SAMPLE): | $(STAMP_VENV)
 	@mkdir -p data
-	$(VPY) -m doodlestats.generator --count 1000000 --rate 1000 --users 100000 --seed 1 --out $(SAMPLE) --truth $(TRUTH)
+	$(VPY) -m tools.generator --count 1000000 --rate 1000 --users 100000 --seed 1 --out $(SAMPLE) --truth $(TRUTH)
 
 sample: $(SAMPLE) ## write the challenge data set: 1M frames (data/stream.jsonl.gz + truth)
 
 load: kafka-up ## produce INPUT (JSONL, .gz or -) into TOPIC (default doodle)
-	$(VPY) -m doodlestats.loader $(INPUT) $(if $(TOPIC),--topic $(TOPIC))
+	$(VPY) -m tools.loader $(INPUT) $(if $(TOPIC),--topic $(TOPIC))
 
 run: setup sample ## set-up, embedded Kafka, load the sample once, run minute_stats and print the minute table
-	@$(VPY) -m doodlestats.kafka_local up
-	@$(VPY) -m doodlestats.loader $(SAMPLE) --once
+	@$(VPY) -m tools.kafka_local up
+	@$(VPY) -m tools.loader $(SAMPLE) --once
 	./spark-submit.sh jobs/minute_stats.py --available-now --table $(JOB_ARGS)
 
 test: setup ## set-up, then the whole test suite (starts and stops its own broker)

@@ -128,14 +128,14 @@ def frames_file(frames: int | None) -> Frames:
     truth_path = WORK_DIR / f"frames-{frames}.truth.json"
     truth = _truth_of(truth_path) if path.exists() else None
     if truth is None or truth.get("frames") != frames:
-        from doodlestats.generator import GenConfig, write
+        from tools.generator import GenConfig, write
         say(f"generating {frames:,} frames into {path.relative_to(REPO_ROOT)}")
         truth = write(GenConfig(count=frames, **GEN_PARAMS), str(path), str(truth_path), progress=False)
     return Frames(path, frames, truth["bytes"] / max(frames, 1), truth_path)
 
 
 def _count_lines(path: Path) -> tuple[int, int]:
-    from doodlestats.loader import open_lines
+    from tools.loader import open_lines
     n = size = 0
     for line in open_lines(str(path)):
         line = line.rstrip(b"\r\n")
@@ -147,7 +147,7 @@ def _count_lines(path: Path) -> tuple[int, int]:
 
 def read_lines(path: Path, limit: int | None = None) -> list[bytes]:
     """The first ``limit`` non-empty lines of a JSONL(.gz) file, without newlines."""
-    from doodlestats.loader import open_lines
+    from tools.loader import open_lines
     out: list[bytes] = []
     for line in open_lines(str(path)):
         line = line.rstrip(b"\r\n")
@@ -167,7 +167,7 @@ def load_cfg(bootstrap: str | None = None):
 
 def broker_answers(cfg, timeout: float = 5.0) -> bool:
     """True if a broker answers a metadata request at ``cfg.kafka.bootstrap_servers``."""
-    from doodlestats import kafka_local
+    from tools import kafka_local
     try:
         kafka_local.wait_ready(cfg, timeout=timeout)
         return True
@@ -189,7 +189,7 @@ def broker(cfg, may_start: bool = True) -> Iterator[bool]:
     Yields True if this call started it — and then stops it (by its PID file) on exit.
     Only the default address of conf/doodle.toml can be started here.
     """
-    from doodlestats import kafka_local
+    from tools import kafka_local
     if broker_answers(cfg, timeout=3):
         yield False
         return
@@ -233,8 +233,8 @@ def prepare_topic(cfg, frames: Frames, topic: str, key: str = "uid") -> dict:
     A topic holding another number of messages (an interrupted load) is deleted and
     reloaded. Returns ``{"topic", "loaded", "load_s", "partitions"}``.
     """
-    from doodlestats.kafka_local import ensure_topic
-    from doodlestats.loader import load, topic_end_offsets
+    from tools.kafka_local import ensure_topic
+    from tools.loader import load, topic_end_offsets
     partitions = cfg.kafka.input_partitions
     have = topic_end_offsets(cfg.kafka.bootstrap_servers, topic)
     if have == frames.count:

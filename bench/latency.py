@@ -277,7 +277,7 @@ def measure(input_path: Path, duration: float, work: Path, bootstrap: str | None
             mode: str = "exact", trigger: float = 1.0, max_lines: int = 300_000) -> dict:
     """Run the whole live experiment; returns the result dict."""
     from bench.common import read_lines
-    from doodlestats.kafka_local import ensure_topic
+    from tools.kafka_local import ensure_topic
     cfg = load_cfg(bootstrap)
     stamp = time.strftime("%Y%m%d%H%M%S")
     topic, out_topic = f"bench-live-{stamp}", f"bench-live-out-{stamp}"

@@ -191,7 +191,7 @@ class MinuteStatsPipeline:
         it. Writes nothing. Returns the seconds it took."""
         if frames <= 0:
             return 0.0
-        from doodlestats.generator import GenConfig, generate
+        from tools.generator import GenConfig, generate
         t0 = time.time()
         lines, _ = generate(GenConfig(count=16, rate=4, users=8, seed=7))
         pick = F.element_at(F.array(*[F.lit(v) for v in lines]), (F.col("id") % len(lines) + 1).cast("int"))

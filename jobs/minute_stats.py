@@ -180,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"minute_stats: error: {e}", file=sys.stderr)
         return 2
     check_kafka(cfg, need_input=args.source == "kafka")
-    from doodlestats.kafka_local import ensure_topic
+    from doodlestats.kafka import ensure_topic
     ensure_topic(cfg, cfg.kafka.output_topic, cfg.kafka.output_partitions)
 
     from doodlestats.pipeline import MinuteStatsPipeline

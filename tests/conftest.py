@@ -2,7 +2,7 @@
 
 The test broker listens on its own ports (19092/19093) with its own data folder, so a
 broker started by `make kafka-up` on the default ports is left alone. It is started by
-``doodlestats.kafka_local`` (the same code as `make kafka-up`) and stopped by PID.
+``tools.kafka_local`` (the same code as `make kafka-up`) and stopped by PID.
 """
 
 from __future__ import annotations
@@ -60,7 +60,7 @@ def cfg(test_conf):
 @pytest.fixture(scope="session")
 def kafka(cfg, tmp_path_factory):
     """A real Kafka broker (KRaft) for the whole session; yields the config."""
-    from doodlestats import kafka_local
+    from tools import kafka_local
     run = tmp_path_factory.mktemp("kafka")
     old = os.environ.get("DOODLE_KAFKA_DIR")
     os.environ["DOODLE_KAFKA_DIR"] = str(run)
@@ -85,7 +85,7 @@ def spark(cfg):
 
 def new_topic(cfg, prefix: str, partitions: int = 3) -> str:
     """A fresh topic name (created) for one test."""
-    from doodlestats.kafka_local import ensure_topic
+    from tools.kafka_local import ensure_topic
     name = f"{prefix}-{uuid.uuid4().hex[:8]}"
     ensure_topic(cfg, name, partitions)
     return name

@@ -1,4 +1,4 @@
-"""Tests of doodlestats.generator, checked with an independent plain-Python parser.
+"""Tests of tools.generator, checked with an independent plain-Python parser.
 
 Nothing here uses the generator's internals: every property is re-derived from the
 output lines with ``json.loads`` and the contract of schemas/frame.schema.json.
@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from doodlestats.generator import GenConfig, generate, validate, write  # noqa: E402
+from tools.generator import GenConfig, generate, validate, write  # noqa: E402
 
 TS_MAX = 253402300799
 TS_STR = re.compile(r"[0-9]{1,12}")
@@ -449,7 +449,7 @@ def test_write_empty_gz(tmp_path):
 
 # ----------------------------------------------------------------- CLI
 def _cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "doodlestats.generator", *args],
+    return subprocess.run([sys.executable, "-m", "tools.generator", *args],
                           cwd=ROOT, capture_output=True, timeout=60)
 
 

@@ -30,7 +30,7 @@ def test_produce_consume_round_trip(kafka):
 
 
 def test_up_is_idempotent(kafka):
-    from doodlestats import kafka_local
+    from tools import kafka_local
     pid = kafka_local.running_pid()
     assert pid is not None
     assert kafka_local.up(kafka) == pid  # second start: same process, nothing new
@@ -41,7 +41,7 @@ def test_second_broker_up_twice_then_down_leaves_nothing(tmp_path):
     conf = write_conf(tmp_path / "b.toml", **{"kafka.bootstrap_servers": "127.0.0.1:29092",
                                                "kafka.controller_port": 29093})
     env = {**os.environ, "DOODLE_KAFKA_DIR": str(tmp_path / "run")}
-    cli = [sys.executable, "-m", "doodlestats.kafka_local"]
+    cli = [sys.executable, "-m", "tools.kafka_local"]
     r1 = subprocess.run([*cli, "up", "--conf-file", str(conf)], env=env, cwd=ROOT, capture_output=True, text=True)
     assert r1.returncode == 0, r1.stderr
     pid = int((tmp_path / "run" / "broker.pid").read_text())
@@ -59,7 +59,7 @@ def test_second_broker_up_twice_then_down_leaves_nothing(tmp_path):
 
 
 def test_port_in_use_is_one_clear_line(tmp_path, monkeypatch):
-    from doodlestats import kafka_local
+    from tools import kafka_local
     from doodlestats.config import load_config
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -73,7 +73,7 @@ def test_port_in_use_is_one_clear_line(tmp_path, monkeypatch):
 
 
 def test_missing_java_or_jars_say_what_to_run(tmp_path, monkeypatch, cfg):
-    from doodlestats import kafka_local
+    from tools import kafka_local
     monkeypatch.setenv("DOODLE_KAFKA_DIR", str(tmp_path / "run"))
     monkeypatch.setattr(kafka_local, "JARS", tmp_path / "nojars")
     with pytest.raises(kafka_local.BrokerError, match="make setup"):
@@ -86,7 +86,7 @@ def test_missing_java_or_jars_say_what_to_run(tmp_path, monkeypatch, cfg):
 def test_cli_error_exit_code_and_message(tmp_path):
     bad = tmp_path / "bad.toml"
     bad.write_text('[kafka]\nbootstrap_servers = "nonsense"\n')
-    r = subprocess.run([sys.executable, "-m", "doodlestats.kafka_local", "up", "--conf-file", str(bad)],
+    r = subprocess.run([sys.executable, "-m", "tools.kafka_local", "up", "--conf-file", str(bad)],
                        cwd=ROOT, capture_output=True, text=True)
     assert r.returncode == 2
     assert r.stderr.strip().count("\n") == 0 and "bootstrap_servers" in r.stderr

@@ -15,7 +15,7 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture(scope="module")
 def sample(tmp_path_factory):
-    from doodlestats.generator import GenConfig, generate
+    from tools.generator import GenConfig, generate
     lines, truth = generate(GenConfig(count=3000, rate=100, users=200, seed=4, malformed_frac=0.05))
     d = tmp_path_factory.mktemp("load")
     (d / "s.jsonl").write_bytes(b"\n".join(lines) + b"\n")
@@ -25,7 +25,7 @@ def sample(tmp_path_factory):
 
 
 def _load(kafka, test_conf, args, stdin=None):
-    return subprocess.run([sys.executable, "-m", "doodlestats.loader", *args, "--conf-file", str(test_conf)],
+    return subprocess.run([sys.executable, "-m", "tools.loader", *args, "--conf-file", str(test_conf)],
                           cwd=ROOT, capture_output=True, input=stdin, timeout=300)
 
 
@@ -55,6 +55,6 @@ def test_missing_input_and_down_broker_are_clear_errors(kafka, test_conf, tmp_pa
     assert r.returncode == 2 and b"input not found" in r.stderr
     from conftest import write_conf
     conf = write_conf(tmp_path / "down.toml", **{"kafka.bootstrap_servers": "127.0.0.1:29999"})
-    r = subprocess.run([sys.executable, "-m", "doodlestats.loader", "-", "--conf-file", str(conf)], cwd=ROOT,
+    r = subprocess.run([sys.executable, "-m", "tools.loader", "-", "--conf-file", str(conf)], cwd=ROOT,
                        capture_output=True, input=b"{}\n", timeout=120)
     assert r.returncode == 2 and b"make kafka-up" in r.stderr

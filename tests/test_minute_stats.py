@@ -70,8 +70,8 @@ def job_args(topic: str, out_topic: str, tmp: Path, *extra: str) -> list[str]:
 @pytest.fixture(scope="module")
 def stream(kafka, tmp_path_factory):
     """~6 minutes of frames over 3 partitions with every defect, loaded by the loader."""
-    from doodlestats.generator import GenConfig, write
-    from doodlestats.loader import load
+    from tools.generator import GenConfig, write
+    from tools.loader import load
     d = tmp_path_factory.mktemp("stream")
     cfg = GenConfig(count=40_000, rate=110, users=4000, seed=11, max_delay=4, delay_prob=0.05,
                     string_ts_frac=0.1, malformed_frac=0.01, bitflip_frac=0.002)
@@ -190,7 +190,7 @@ def test_approx_within_stated_bound(kafka, spark, stream, test_conf, tmp_path):
 def test_one_bit_flip_in_a_stream_does_not_stop_later_minutes(kafka, spark, test_conf, tmp_path, start):
     """A far-future and a far-past ts inside the stream: both quarantined as ts_outlier;
     the watermark does not jump, so no later frame is late and every minute is final."""
-    from doodlestats.generator import GenConfig, generate
+    from tools.generator import GenConfig, generate
     start_ts = 1468244384 if start == "history" else int(time.time()) - 300
     lines, truth = generate(GenConfig(count=12_000, rate=50, users=800, seed=5, start_ts=start_ts))
     future = orjson.loads(lines[6000]); future["ts"] = int(future["ts"]) ^ (1 << 30)
@@ -212,7 +212,7 @@ def test_one_bit_flip_in_a_stream_does_not_stop_later_minutes(kafka, spark, test
 def test_lagging_partition_is_late_and_corrected(kafka, spark, test_conf, tmp_path):
     """Partition 2 arrives after the others were final: its frames are quarantined as
     late and counted into corrected results, so the stored counts end exact."""
-    from doodlestats.generator import GenConfig, generate
+    from tools.generator import GenConfig, generate
     lines, truth = generate(GenConfig(count=9000, rate=40, users=600, seed=9))
     parts = {p: [l for i, l in enumerate(lines) if i % 3 == p] for p in range(3)}
     topic = new_topic(kafka, "skew", 3)
@@ -234,7 +234,7 @@ def test_lagging_partition_is_late_and_corrected(kafka, spark, test_conf, tmp_pa
 
 
 def test_late_frames_without_corrections_are_only_quarantined(kafka, spark, test_conf, tmp_path):
-    from doodlestats.generator import GenConfig, generate
+    from tools.generator import GenConfig, generate
     lines, _ = generate(GenConfig(count=6000, rate=40, users=500, seed=10))
     first, late = lines[:4000], lines[:600]  # the second run replays early minutes again
     topic = new_topic(kafka, "nolate", 1)
@@ -249,7 +249,7 @@ def test_late_frames_without_corrections_are_only_quarantined(kafka, spark, test
 
 # ---------------------------------------------------------------- crash and restart
 def test_killed_and_restarted_job_ends_with_the_same_exact_results(kafka, spark, test_conf, tmp_path):
-    from doodlestats.generator import GenConfig, generate
+    from tools.generator import GenConfig, generate
     lines, truth = generate(GenConfig(count=24_000, rate=80, users=2000, seed=13, malformed_frac=0.01))
     topic = new_topic(kafka, "crash", 3)
     out_topic = new_topic(kafka, "outc", 1)
@@ -309,7 +309,7 @@ def test_bad_values_rejected_before_spark_starts(args, message):
 # ---------------------------------------------------------------- files source
 def test_files_source_counts_and_quarantines_with_file_and_line(kafka, spark, test_conf, tmp_path):
     import gzip
-    from doodlestats.generator import GenConfig, generate
+    from tools.generator import GenConfig, generate
     lines, truth = generate(GenConfig(count=8000, rate=40, users=700, seed=17, malformed_frac=0.02))
     inp = tmp_path / "in"
     inp.mkdir()
@@ -330,7 +330,7 @@ def test_files_source_counts_and_quarantines_with_file_and_line(kafka, spark, te
 
 
 def test_sigterm_stops_a_live_job_cleanly_after_its_batch(kafka, spark, test_conf, tmp_path):
-    from doodlestats.generator import GenConfig, generate
+    from tools.generator import GenConfig, generate
     lines, truth = generate(GenConfig(count=3000, rate=30, users=300, seed=23))
     topic = new_topic(kafka, "term", 1)
     out_topic = new_topic(kafka, "outt", 1)

@@ -22,7 +22,7 @@ CORNERS = [
 
 @pytest.fixture(scope="module")
 def frames():
-    from doodlestats.generator import GenConfig, generate
+    from tools.generator import GenConfig, generate
     lines, truth = generate(GenConfig(count=4000, rate=50, users=300, seed=21, string_ts_frac=0.2,
                                       malformed_frac=0.1, bitflip_frac=0.01))
     return lines + CORNERS

@@ -590,7 +590,7 @@ def test_property_arbitrary_bytes_all_parsers():
 
 
 def test_generator_frames_all_parsers():
-    from doodlestats.generator import GenConfig, generate
+    from tools.generator import GenConfig, generate
 
     lines, truth = generate(
         GenConfig(count=3000, seed=7, string_ts_frac=0.2, malformed_frac=0.2, bitflip_frac=0.05,

@@ -14,7 +14,7 @@ pytestmark = pytest.mark.integration
 
 
 def test_spark_submit_reads_kafka_writes_and_reads_delta(kafka, test_conf, tmp_path):
-    from doodlestats.generator import GenConfig, generate
+    from tools.generator import GenConfig, generate
     lines, truth = generate(GenConfig(count=3000, rate=20, users=300, seed=7, malformed_frac=0.02))
     topic = new_topic(kafka, "smoke")
     produce(kafka, topic, lines)

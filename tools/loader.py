@@ -1,7 +1,7 @@
 """Produce JSONL frames into Kafka: one line → one message.
 
-    python -m doodlestats.loader data/stream.jsonl.gz [--topic doodle] [--key uid|none]
-    zcat x.jsonl.gz | python -m doodlestats.loader -
+    python -m tools.loader data/stream.jsonl.gz [--topic doodle] [--key uid|none]
+    zcat x.jsonl.gz | python -m tools.loader -
 
 The producer batches (linger 20 ms, 1 MiB batches), idempotently; compression is off by
 default (on loopback it costs CPU and buys nothing; ``--compression lz4`` for a remote
@@ -126,7 +126,7 @@ def load(path: str, bootstrap: str, topic: str, key: str = "uid", progress: bool
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m doodlestats.loader", description=__doc__,
+    ap = argparse.ArgumentParser(prog="python -m tools.loader", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("input", help="JSONL file, .gz file, or - for stdin")
     ap.add_argument("--topic", help="target topic (default: [kafka] input_topic); created if missing")
@@ -146,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     topic = args.topic or cfg.kafka.input_topic
     bootstrap = args.bootstrap_servers or cfg.kafka.bootstrap_servers
-    from doodlestats import kafka_local
+    from tools import kafka_local
     cfg = dataclasses.replace(cfg, kafka=dataclasses.replace(cfg.kafka, bootstrap_servers=bootstrap))
     try:
         kafka_local.wait_ready(cfg, timeout=15)

@@ -57,7 +57,7 @@ Ground truth (plain Python, computed while generating) counts only valid frames:
 
 Usage::
 
-    python -m doodlestats.generator --count 1000000 --rate 1000 --users 100000 \\
+    python -m tools.generator --count 1000000 --rate 1000 --users 100000 \\
         --seed 1 --out data/stream.jsonl.gz --truth data/stream.truth.json
 
 Everything is derived from ``random.Random`` instances seeded from ``seed`` (no
@@ -690,7 +690,7 @@ def write(cfg: GenConfig, out: str, truth_path: str | None = None,
 # --------------------------------------------------------------------------- CLI
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m doodlestats.generator",
+        prog="python -m tools.generator",
         description="Write deterministic doodle-like JSONL frames (+ ground truth).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     d = GenConfig()
