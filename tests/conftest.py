@@ -18,7 +18,9 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-TEST_PORT, TEST_CONTROLLER_PORT = 19092, 19093
+# DOODLE_TEST_KAFKA_PORT lets two suites run side by side (controller = port + 1)
+TEST_PORT = int(os.environ.get("DOODLE_TEST_KAFKA_PORT", "19092"))
+TEST_CONTROLLER_PORT = TEST_PORT + 1
 
 
 def write_conf(path: Path, **overrides) -> Path:
