@@ -11,25 +11,23 @@ Because the reference comes from the data itself, the guard works the same for l
 data and for replays of history (the 2016 sample), and an outlier never reaches the
 watermark: the watermark is computed from accepted frames only.
 
-One pass over the input: the Spark job collects ``ts``, ``uid``, ``reason`` and the
-coordinates of *every* frame, but the raw bytes (for the quarantine) only of frames
-that may be quarantined (:func:`keep_raw`): parse failures, frames of minutes already
-final, and *suspects* — frames far from the running median of the last frames their
-Spark task read (the JVM function ``doodle_suspect``, see ``java/.../Suspect.java``).
-The driver then judges every frame with the neighbourhood medians (:func:`judge`, in
-Arrow). An outlier that was not a suspect (possible only if a task's recent frames and
-its neighbourhood disagree by more than ``max_skew_s``) has no raw bytes in the table;
-the pipeline reads them again from the batch's source: nothing is quarantined without
-them.
+Where it runs: the per-frame work is on executors. :func:`neighbourhood_stats` is one
+small aggregation (one row per neighbourhood: median ts, counts, last offset) that comes
+back to the driver; :func:`plan` picks each neighbourhood's reference there; the
+references go back to the executors as a broadcast table and :func:`with_verdicts` marks
+each frame there. The raw bytes (for the quarantine) are kept in the batch's cache only
+for frames that may be quarantined (:func:`keep_raw`): parse failures, frames of
+minutes already final, and *suspects* — frames far from the running median of the last
+frames their Spark task read (the JVM function ``doodle_suspect``, see
+``java/.../Suspect.java``). An outlier that was not a suspect has no raw bytes in the
+cache; the pipeline reads them again from the batch's source (executors, a join on the
+coordinates): nothing is quarantined without them.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
-import pyarrow as pa
-import pyarrow.compute as pc
 from pyspark.sql import Column
 from pyspark.sql import functions as F
 
@@ -62,33 +60,26 @@ def keep_raw(spark, max_skew: int, watermark: int | None, prev_ref: int | None) 
     return c | (F.abs(F.col("ts") - F.lit(prev_ref)) > F.lit(max_skew))
 
 
-def neighbourhood_keys(tbl: pa.Table, size: int) -> pa.Table:
-    """``src``, ``partition``, ``nb`` (= offset // size) of every row."""
-    return pa.table({"src": tbl["src"], "partition": tbl["partition"],
-                     "nb": pc.divide(tbl["offset"], pa.scalar(size, pa.int64()))})
+def nb_col(size: int) -> Column:
+    """The neighbourhood of a frame: ``offset // size`` (within its source partition)."""
+    return F.expr(f"offset div {int(size)}")
 
 
-def neighbourhoods(tbl: pa.Table, good: pa.Array, size: int) -> list[dict]:
-    """Per neighbourhood: median ts of parsed frames, their count, all frames, last offset.
+def neighbourhood_stats(parsed, size: int) -> list[dict]:
+    """Per neighbourhood (``src``, ``partition``, ``nb``): median ts of parsed frames, their
+    count, all frames, last offset — one Spark aggregation, one row per neighbourhood.
 
-    ``tbl`` holds ``src``, ``partition``, ``offset``, ``ts``; ``good`` marks the
-    parsed frames. The median is Arrow's t-digest estimate (like Spark's
-    ``percentile_approx``), far finer than the hour-scale ``max_skew_s``.
+    ``parsed`` has ``src``, ``partition``, ``offset``, ``ts`` and ``reason`` (null = parsed).
+    The median is Spark's ``percentile_approx`` (accuracy 10,000), far finer than the
+    hour-scale ``max_skew_s``.
     """
-    keys = neighbourhood_keys(tbl, size)
-    allrows = keys.append_column("offset", tbl["offset"]).group_by(["src", "partition", "nb"]).aggregate(
-        [("offset", "count"), ("offset", "max")])
-    g = keys.append_column("ts", tbl["ts"]).filter(good)
-    goodrows = g.group_by(["src", "partition", "nb"]).aggregate([("ts", "approximate_median"), ("ts", "count")])
-    med = {(s, p, n): (m, c) for s, p, n, m, c in zip(*(goodrows[c].to_pylist() for c in (
-        "src", "partition", "nb", "ts_approximate_median", "ts_count")))}
-    out = []
-    for s, p, n, total, last in zip(*(allrows[c].to_pylist() for c in (
-            "src", "partition", "nb", "offset_count", "offset_max"))):
-        m, c = med.get((s, p, n), (None, 0))
-        out.append({"src": s, "partition": p, "nb": n, "med": None if m is None else int(round(m)),
-                    "good": c, "total": total, "last": last})
-    return out
+    good = F.col("reason").isNull()
+    rows = (parsed.groupBy("src", "partition", nb_col(size).alias("nb"))
+            .agg(F.percentile_approx(F.when(good, F.col("ts")), 0.5, 10000).alias("med"),
+                 F.count(F.when(good, F.lit(1))).alias("good"), F.count(F.lit(1)).alias("total"),
+                 F.max("offset").alias("last"))
+            .collect())
+    return [r.asDict() for r in rows]
 
 
 @dataclass(frozen=True)
@@ -131,21 +122,15 @@ def plan(stats: list, prev_ref: int | None, min_neighbours: int) -> GuardPlan:
     return GuardPlan(refs, batch_ref, next_ref, sum(r["total"] for r in stats))
 
 
-def judge(tbl: pa.Table, good: pa.Array, guard_plan: "GuardPlan", size: int, max_skew: int) -> np.ndarray:
-    """Boolean mask of the rows of ``tbl`` whose ts is an outlier in its neighbourhood."""
-    n = tbl.num_rows
-    if not n or not guard_plan.refs:
-        return np.zeros(n, dtype=bool)
-    refs = pa.table({"src": pa.array([r[0] for r in guard_plan.refs], pa.string()),
-                     "partition": pa.array([r[1] for r in guard_plan.refs], pa.int32()),
-                     "nb": pa.array([r[2] for r in guard_plan.refs], pa.int64()),
-                     "ref": pa.array([r[3] for r in guard_plan.refs], pa.int64())}).filter(
-        pc.is_valid(pa.array([r[3] for r in guard_plan.refs], pa.int64())))
-    rows = neighbourhood_keys(tbl, size).append_column("ts", tbl["ts"]).append_column(
-        "i", pa.array(np.arange(n, dtype=np.int64))).filter(good)
-    j = rows.join(refs, ["src", "partition", "nb"], join_type="inner", use_threads=False)
-    far = pc.greater(pc.abs(pc.subtract(j["ts"], j["ref"])), pa.scalar(max_skew, pa.int64()))
-    mask = np.zeros(n, dtype=bool)
-    idx = j["i"].filter(far).to_numpy()
-    mask[idx] = True
-    return mask
+def with_verdicts(parsed, guard_plan: "GuardPlan", size: int, max_skew: int):
+    """``parsed`` plus a boolean column ``outlier``: a parsed frame whose ts is more than
+    ``max_skew`` from its neighbourhood's reference. Runs on executors: the references
+    (one row per neighbourhood) are broadcast."""
+    refs = [r for r in guard_plan.refs if r[3] is not None]
+    if not refs:
+        return parsed.withColumn("outlier", F.lit(False))
+    spark = parsed.sparkSession
+    rdf = spark.createDataFrame(refs, "src string, partition int, nb bigint, ref bigint")
+    j = parsed.withColumn("nb", nb_col(size)).join(F.broadcast(rdf), ["src", "partition", "nb"], "left")
+    far = F.col("reason").isNull() & F.col("ref").isNotNull() & (F.abs(F.col("ts") - F.col("ref")) > F.lit(max_skew))
+    return j.withColumn("outlier", F.coalesce(far, F.lit(False))).drop("nb", "ref")

@@ -10,7 +10,8 @@ Steps:
    U+10FFFF are errors) and parsed with :func:`json.loads`, with ``NaN``/``Infinity``/
    ``-Infinity`` rejected. Any error, or a root that is not an object, is ``malformed_json``.
 2. The root ``ts`` and ``uid`` are checked against the ``properties.ts`` / ``properties.uid``
-   subschemas of ``schemas/frame.schema.json`` (JSON Schema draft 2020-12, ``jsonschema``), in
+   subschemas of ``doodlestats/schemas/frame.schema.json`` (package data, read with
+   :mod:`importlib.resources`; JSON Schema draft 2020-12, ``jsonschema``), in
    the precedence order ``missing_ts``, ``bad_ts``, ``missing_uid``, ``bad_uid``.
 3. Cross-check: the ts/uid verdict is good exactly when the whole document validates against
    the whole schema; a disagreement raises ``AssertionError`` (a bug here, not in the frame).
@@ -58,14 +59,18 @@ from __future__ import annotations
 import functools
 import json
 import re
-from pathlib import Path
+from importlib.resources import files
+from importlib.resources.abc import Traversable
 from typing import Any
 
 from jsonschema import Draft202012Validator, ValidationError, validators
 
 from doodlestats.reasons import BAD_TS, BAD_UID, MALFORMED_JSON, MISSING_TS, MISSING_UID
 
-SCHEMA_PATH = Path(__file__).resolve().parent.parent / "schemas" / "frame.schema.json"
+#: The schemas are package data: a file on disk from a source tree or an installed wheel, a
+#: member of the zip when the package is shipped to executors with ``--py-files``.
+SCHEMAS: Traversable = files("doodlestats") / "schemas"
+SCHEMA_PATH: Traversable = SCHEMAS / "frame.schema.json"
 
 #: Containers nested deeper than this (root object = depth 1) are malformed_json.
 MAX_DEPTH = 512
@@ -112,9 +117,9 @@ def _ecma_pattern(validator, pattern, instance, schema):
 _Validator = validators.extend(Draft202012Validator, validators={"pattern": _ecma_pattern})
 
 
-def load_schema() -> dict:
-    """The frame schema (``schemas/frame.schema.json``) as a dict."""
-    return json.loads(SCHEMA_PATH.read_text(encoding="utf-8"))
+def load_schema(name: str = "frame.schema.json") -> dict:
+    """A schema of the package (default: the frame schema) as a dict."""
+    return json.loads((SCHEMAS / name).read_text(encoding="utf-8"))
 
 
 @functools.lru_cache(maxsize=1)

@@ -1,14 +1,91 @@
-"""Minute results: the JSON published to ``minuteStats``, printed by ``--print`` and
-stored in ``minute_stats`` (see ``schemas/minute_stats.schema.json``)."""
+"""Minute results — the one definition of the output schema.
+
+:data:`FIELDS` is the single source of the result's shape. From it come
+
+* the JSON value published to ``minuteStats`` and printed by ``--print``
+  (:meth:`MinuteResult.to_json`),
+* the JSON schema ``schemas/minute_stats.schema.json`` (:func:`json_schema`; a test
+  checks the file equals it — regenerate with ``python -m doodlestats.results``),
+* the Arrow schema of the Delta table ``minute_stats`` (:data:`MINUTE_STATS_SCHEMA`):
+  the same fields, typed, plus the storage-only columns ``date``, ``batch_id``, ``hll``.
+
+Example::
+
+    r = MinuteResult(1451606400, 812, 1003, FINAL, "exact", None, time.time())
+    r.to_bytes()    # b'{"window_start":"2016-01-01T00:00:00Z",...}'
+"""
 
 from __future__ import annotations
 
 import datetime as dt
+import json
 from dataclasses import dataclass
 
 import orjson
+import pyarrow as pa
+
+__all__ = ["PROVISIONAL", "FINAL", "CORRECTED", "STATUSES", "FIELDS", "MINUTE_STATS_SCHEMA",
+           "MinuteResult", "json_schema", "iso"]
 
 PROVISIONAL, FINAL, CORRECTED = "provisional", "final", "corrected"
+STATUSES = (PROVISIONAL, FINAL, CORRECTED)
+_TS = pa.timestamp("us", tz="UTC")
+_MINUTE_PATTERN = "^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:00Z$"
+
+
+@dataclass(frozen=True)
+class Field:
+    name: str
+    json: dict            # JSON-schema fragment of the published value
+    arrow: pa.DataType    # column type in minute_stats
+    required: bool = True
+    description: str = ""
+
+
+FIELDS: tuple[Field, ...] = (
+    Field("window_start", {"type": "string", "pattern": _MINUTE_PATTERN}, _TS,
+          description="Start of the UTC minute, ISO-8601."),
+    Field("window_end", {"type": "string", "pattern": _MINUTE_PATTERN}, _TS,
+          description="End (exclusive) of the minute."),
+    Field("ts", {"type": "integer"}, pa.int64(), description="Epoch seconds of window_start."),
+    Field("unique_users", {"type": "integer", "minimum": 0}, pa.int64(),
+          description="Distinct uids of the minute (an estimate in approx mode)."),
+    Field("frames", {"type": "integer", "minimum": 0}, pa.int64(), description="Counted frames of the minute."),
+    Field("status", {"enum": list(STATUSES)}, pa.string(),
+          description="provisional: the minute is still open; final: the watermark passed its end; "
+                      "corrected: late frames changed a final minute."),
+    Field("mode", {"enum": ["exact", "approx"]}, pa.string()),
+    Field("rsd", {"type": "number", "exclusiveMinimum": 0}, pa.float64(), required=False,
+          description="Relative standard deviation of the HyperLogLog estimate (approx only)."),
+    Field("emitted_at", {"type": "string"}, _TS,
+          description="When the job published this value, ISO-8601 UTC with milliseconds."),
+)
+
+# storage-only columns of the Delta table, after the published fields
+MINUTE_STATS_SCHEMA = pa.schema([(f.name, f.arrow) for f in FIELDS] + [
+    ("date", pa.date32()), ("batch_id", pa.int64()), ("hll", pa.binary())])
+
+
+def json_schema() -> dict:
+    """The JSON schema of a published value, generated from :data:`FIELDS`."""
+    props = {}
+    for f in FIELDS:
+        props[f.name] = {**f.json, **({"description": f.description} if f.description else {})}
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "$id": "doodle/minute_stats.schema.json",
+        "title": "minute result",
+        "description": "Value of a message on the Kafka topic `minuteStats` (key = window_start) and of a "
+                       "--print line. Counts are ABSOLUTE: the sink is at-least-once, so keep the last "
+                       "value per key. Generated from doodlestats/results.py (FIELDS).",
+        "type": "object",
+        "required": [f.name for f in FIELDS if f.required],
+        "properties": props,
+        "if": {"properties": {"mode": {"const": "approx"}}},
+        "then": {"required": ["rsd"]},
+        "else": {"not": {"required": ["rsd"]}},
+        "additionalProperties": False,
+    }
 
 
 def iso(epoch_s: int) -> str:
@@ -35,23 +112,39 @@ class MinuteResult:
     def key(self) -> str:
         return iso(self.minute)
 
+    def _values(self) -> dict:
+        """Every field of :data:`FIELDS` as a Python value (None where it does not apply)."""
+        utc = dt.timezone.utc
+        return {"window_start": dt.datetime.fromtimestamp(self.minute, utc),
+                "window_end": dt.datetime.fromtimestamp(self.minute + 60, utc), "ts": self.minute,
+                "unique_users": self.unique_users, "frames": self.frames, "status": self.status,
+                "mode": self.mode, "rsd": self.rsd if self.mode == "approx" else None,
+                "emitted_at": dt.datetime.fromtimestamp(self.emitted_at, utc)}
+
     def to_json(self) -> dict:
-        d = {"window_start": iso(self.minute), "window_end": iso(self.minute + 60), "ts": self.minute,
-             "unique_users": self.unique_users, "frames": self.frames, "status": self.status,
-             "mode": self.mode}
-        if self.mode == "approx":
-            d["rsd"] = self.rsd
-        d["emitted_at"] = now_iso_ms(self.emitted_at)
-        return d
+        out = {}
+        for name, v in self._values().items():
+            if v is None:
+                continue
+            if name == "emitted_at":
+                v = now_iso_ms(self.emitted_at)
+            elif isinstance(v, dt.datetime):
+                v = v.strftime("%Y-%m-%dT%H:%M:%SZ")
+            out[name] = v
+        return out
 
     def to_bytes(self) -> bytes:
         return orjson.dumps(self.to_json())
 
-    def to_row(self, batch_id: int) -> tuple:
-        """A row of the ``minute_stats`` table."""
-        utc = dt.timezone.utc
-        start = dt.datetime.fromtimestamp(self.minute, utc)
-        return (start, dt.datetime.fromtimestamp(self.minute + 60, utc), self.minute, start.date(),
-                self.unique_users, self.frames, self.status, self.mode,
-                self.rsd if self.mode == "approx" else None,
-                dt.datetime.fromtimestamp(self.emitted_at, utc), batch_id, self.hll)
+    def to_row(self, batch_id: int) -> dict:
+        """A row of the ``minute_stats`` table (:data:`MINUTE_STATS_SCHEMA`)."""
+        v = self._values()
+        return {**v, "date": v["window_start"].date(), "batch_id": batch_id, "hll": self.hll}
+
+
+def rows_table(results: list[MinuteResult], batch_id: int) -> pa.Table:
+    return pa.Table.from_pylist([r.to_row(batch_id) for r in results], MINUTE_STATS_SCHEMA)
+
+
+if __name__ == "__main__":  # regenerate schemas/minute_stats.schema.json
+    print(json.dumps(json_schema(), indent=2))

@@ -1,16 +1,20 @@
-"""The job's own small state, one JSON file per committed micro-batch.
+"""The job's own small state, one JSON file per committed micro-batch, in the checkpoint.
 
 Spark's checkpoint holds the source offsets; this file holds what the pipeline needs to
-process the next batch deterministically: the event-time watermark and the timestamp
-guard's reference. ``<checkpoint>/doodle_state/<batch_id>.json`` is written after all
-Delta writes of a batch succeeded, so a batch whose file exists is complete, and a
-replayed batch starts from the file of the batch before it::
+process the next batch deterministically: the event-time watermark, the per-partition
+maxima, the timestamp guard's reference and the Delta versions of the batch.
+``<checkpoint>/doodle_state/<batch_id>.json`` is written after all Delta writes of a batch
+succeeded, so a batch whose file exists is complete, and a replayed batch starts from
+the file of the batch before it. The checkpoint may be a local path or any URI Spark's
+Hadoop file systems know (``s3a://``, ``abfss://``, ``gs://``, ``hdfs://``): the file is
+written in one piece (an object store PUT, or write + rename on a file system), so it is
+either there whole or not at all::
 
-    store = StateStore(checkpoint)
+    store = StateStore(checkpoint)            # StateStore("s3a://b/ckpt", fs=HadoopFS(spark))
     if not store.done(batch_id):
         st = store.load_before(batch_id)
         ...
-        store.save(batch_id, new_state)
+        store.save(new_state)
 """
 
 from __future__ import annotations
@@ -18,9 +22,13 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import asdict, dataclass
-from pathlib import Path
+
+from doodlestats.window import is_final
+
+__all__ = ["JobState", "StateStore", "LocalFS"]
 
 KEEP = 50  # state files kept (older ones are pruned)
+STATE_DIR = "doodle_state"
 
 
 @dataclass(frozen=True)
@@ -38,23 +46,72 @@ class JobState:
     versions: dict | None = None
 
     def is_final(self, minute: int) -> bool:
-        return self.watermark is not None and minute + 60 <= self.watermark
+        return is_final(minute, self.watermark)
+
+
+class LocalFS:
+    """The file operations the state needs, on a local disk (atomic by rename)."""
+
+    def read_text(self, path: str) -> str:
+        with open(path, encoding="utf-8") as f:
+            return f.read()
+
+    def write_text(self, path: str, text: str) -> None:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        tmp = path + ".tmp"
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+
+    def exists(self, path: str) -> bool:
+        return os.path.exists(path)
+
+    def list(self, path: str) -> list[str]:
+        """Names (not paths) in the folder ``path``; empty if it does not exist."""
+        return sorted(os.listdir(path)) if os.path.isdir(path) else []
+
+    def delete(self, path: str, recursive: bool = False) -> None:
+        if recursive and os.path.isdir(path):
+            import shutil
+            shutil.rmtree(path, ignore_errors=True)
+        elif os.path.exists(path):
+            os.unlink(path)
+
+
+def fs_for(location: str, spark=None):
+    """LocalFS for a plain path or ``file:`` URI, the Hadoop file system (through Spark's
+    JVM) for any other URI."""
+    if "://" not in location or location.startswith("file:"):
+        return LocalFS()
+    if spark is None:
+        raise ValueError(f"{location}: a URI checkpoint needs a Spark session for its file system")
+    from doodlestats.storage import HadoopFS
+    return HadoopFS(spark)
+
+
+def local_path(location: str) -> str:
+    if location.startswith("file://"):
+        return location[len("file://"):]
+    if location.startswith("file:"):
+        return location[len("file:"):]
+    return os.path.abspath(location)
 
 
 class StateStore:
-    def __init__(self, checkpoint: str | os.PathLike):
-        self.dir = Path(checkpoint) / "doodle_state"
+    def __init__(self, checkpoint: str, fs=None, spark=None):
+        checkpoint = str(checkpoint).rstrip("/")
+        self.fs = fs or fs_for(checkpoint, spark)
+        base = local_path(checkpoint) if isinstance(self.fs, LocalFS) else checkpoint
+        self.dir = f"{base}/{STATE_DIR}"
 
-    def _file(self, batch_id: int) -> Path:
-        return self.dir / f"{batch_id:012d}.json"
+    def _file(self, batch_id: int) -> str:
+        return f"{self.dir}/{batch_id:012d}.json"
 
     def done(self, batch_id: int) -> bool:
-        return self._file(batch_id).exists()
+        return self.fs.exists(self._file(batch_id))
 
     def ids(self) -> list[int]:
-        if not self.dir.is_dir():
-            return []
-        return sorted(int(p.stem) for p in self.dir.glob("*.json"))
+        return sorted(int(n[:-5]) for n in self.fs.list(self.dir) if n.endswith(".json") and n[:-5].isdigit())
 
     def load_before(self, batch_id: int) -> JobState:
         """State after the newest batch older than ``batch_id`` (empty state if none)."""
@@ -66,14 +123,10 @@ class StateStore:
         return self.load(ids[-1]) if ids else JobState()
 
     def load(self, batch_id: int) -> JobState:
-        return JobState(**json.loads(self._file(batch_id).read_text()))
+        return JobState(**json.loads(self.fs.read_text(self._file(batch_id))))
 
     def save(self, state: JobState) -> None:
-        """Atomically write the state of ``state.batch_id`` and prune old files."""
-        self.dir.mkdir(parents=True, exist_ok=True)
-        f = self._file(state.batch_id)
-        tmp = f.with_suffix(".tmp")
-        tmp.write_text(json.dumps(asdict(state)))
-        os.replace(tmp, f)
+        """Write the state of ``state.batch_id`` in one piece and prune old files."""
+        self.fs.write_text(self._file(state.batch_id), json.dumps(asdict(state)))
         for old in self.ids()[:-KEEP]:
-            self._file(old).unlink(missing_ok=True)
+            self.fs.delete(self._file(old))

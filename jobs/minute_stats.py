@@ -75,7 +75,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = ap.parse_args(argv)
     if args.source == "files" and not args.input_path:
         ap.error("--source files needs --input-path DIR")
-    if args.input_path and not Path(args.input_path).is_dir():
+    if args.input_path and "://" not in args.input_path and not Path(args.input_path).is_dir():
         ap.error(f"--input-path: not a directory: {args.input_path}")
     return args
 
@@ -89,19 +89,6 @@ def build_config(args: argparse.Namespace):
         "job.parser": args.parser, "job.late_corrections": args.late_corrections,
         "paths.delta": args.delta_path, "paths.checkpoint": args.checkpoint,
     })
-
-
-def check_kafka(cfg, need_input: bool) -> None:
-    """Fail fast, before Spark starts, if the broker or the input topic is missing."""
-    from confluent_kafka.admin import AdminClient
-    try:
-        md = AdminClient({"bootstrap.servers": cfg.kafka.bootstrap_servers}).list_topics(timeout=10)
-    except Exception as e:  # noqa: BLE001
-        raise SystemExit(f"minute_stats: error: Kafka at {cfg.kafka.bootstrap_servers} does not answer "
-                         f"({e}) — start it with `make kafka-up`")
-    if need_input and cfg.kafka.input_topic not in md.topics:
-        raise SystemExit(f"minute_stats: error: input topic {cfg.kafka.input_topic!r} does not exist — "
-                         f"`make load INPUT=...` creates and fills it")
 
 
 def kafka_source(spark, cfg):
@@ -133,41 +120,25 @@ def files_source(spark, path: str):
             .select(F.col("value").cast("binary").alias("value"), F.col("_metadata.file_path").alias("file")))
 
 
-class KafkaPublisher:
-    """Publishes minute results to the output topic: key = window_start, value = JSON."""
-
-    def __init__(self, bootstrap: str, topic: str):
-        from confluent_kafka import Producer
-        self.topic = topic
-        self.producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5, "acks": "all",
-                                  "enable.idempotence": True})
-        self.errors: list[str] = []
-
-    def __call__(self, results) -> None:
-        for r in results:
-            self.producer.produce(self.topic, r.to_bytes(), r.key.encode(),
-                                  on_delivery=lambda err, _m: err and self.errors.append(str(err)))
-        left = self.producer.flush(30)
-        if left or self.errors:
-            raise RuntimeError(f"publishing to {self.topic} failed: {self.errors[:1] or [f'{left} undelivered']}")
-
-
-def print_final(results) -> None:
-    for r in results:
-        sys.stdout.write(r.to_bytes().decode() + "\n")
-    sys.stdout.flush()
-
-
-def print_table(delta_root: str) -> None:
+def print_table(tables) -> None:
     """The minute table from Delta, for people (``--table``)."""
-    from doodlestats.tables import MINUTE_STATS, Tables
-    t = Tables(delta_root, "minute_stats").read(MINUTE_STATS).sort_by("ts").to_pylist()
+    from doodlestats.tables import MINUTE_STATS
+    t = tables.read(MINUTE_STATS).sort_by("ts").to_pylist()
     print(f"{'minute (UTC)':<20} {'unique_users':>12} {'frames':>9}  status")
     for r in t:
         print(f"{r['window_start'].strftime('%Y-%m-%d %H:%M'):<20} {r['unique_users']:>12,} "
               f"{r['frames']:>9,}  {r['status']} ({r['mode']})")
     print(f"{len(t)} minutes, {sum(r['frames'] for r in t):,} frames counted")
     sys.stdout.flush()
+
+
+def storage_options(cfg, uri: str) -> dict | None:
+    """delta-rs options for the Delta root (object-store endpoint and credentials)."""
+    try:
+        from doodlestats.storage import delta_storage_options
+    except ImportError:
+        return None
+    return delta_storage_options(uri, cfg) or None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -179,9 +150,13 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"minute_stats: error: {e}", file=sys.stderr)
         return 2
-    check_kafka(cfg, need_input=args.source == "kafka")
-    from doodlestats.kafka import ensure_topic
-    ensure_topic(cfg, cfg.kafka.output_topic, cfg.kafka.output_partitions)
+    from doodlestats.kafka import KafkaUnavailable, check_kafka, ensure_topic
+    try:
+        check_kafka(cfg, need_input=args.source == "kafka")
+        ensure_topic(cfg, cfg.kafka.output_topic, cfg.kafka.output_partitions)
+    except KafkaUnavailable as e:
+        print(f"minute_stats: error: {e}", file=sys.stderr)
+        return 2
 
     from doodlestats.pipeline import MinuteStatsPipeline
     from doodlestats.session import get_spark, has_fast_parser
@@ -190,13 +165,16 @@ def main(argv: list[str] | None = None) -> int:
         log("minute_stats: warning: doodle-udf.jar is not on the classpath (add --jars "
             "java/target/doodle-udf.jar); falling back to --parser python")
         cfg = build_config(argparse.Namespace(**{**vars(args), "parser": "python"}))
+    from doodlestats.sinks import KafkaSink, StdoutSink
+    from doodlestats.tables import join_uri
     checkpoint, delta = str(cfg.path("checkpoint")), str(cfg.path("delta"))
-    pipeline = MinuteStatsPipeline(spark, cfg, checkpoint, delta, publish=KafkaPublisher(
-        cfg.kafka.bootstrap_servers, cfg.kafka.output_topic), on_final=print_final if args.print else None)
+    sinks = [KafkaSink(cfg.kafka.bootstrap_servers, cfg.kafka.output_topic)] + ([StdoutSink()] if args.print else [])
+    pipeline = MinuteStatsPipeline(spark, cfg, checkpoint, delta, sinks=sinks,
+                                   storage_options=storage_options(cfg, delta))
 
     stream = kafka_source(spark, cfg) if args.source == "kafka" else files_source(spark, args.input_path)
     writer = (stream.writeStream.foreachBatch(pipeline.process_batch)
-              .option("checkpointLocation", str(Path(checkpoint) / "spark"))
+              .option("checkpointLocation", join_uri(checkpoint, "spark"))
               .queryName("minute_stats"))
     writer = writer.trigger(availableNow=True) if args.available_now else \
         writer.trigger(processingTime=f"{cfg.job.trigger_s} seconds")
@@ -242,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
             **pipeline.totals, "query_seconds": round(time.time() - started, 3), "mode": cfg.job.mode,
             "parser": cfg.job.parser, "quarantined": dict(pipeline.quarantined_total)}, indent=1))
     if args.table:
-        print_table(delta)
+        print_table(pipeline.tables)
     spark.stop()
     return 0
 

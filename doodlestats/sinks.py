@@ -1,0 +1,76 @@
+"""Where minute results go: one small interface, three sinks.
+
+A sink receives the results of a micro-batch with :meth:`Sink.write` and must have made
+them durable (or visible) when it returns; an exception aborts the batch before its
+state is saved, so the batch is replayed — every sink therefore writes *absolute*
+values keyed by minute, and a replay rewrites the same values::
+
+    sinks = [KafkaSink(cfg), StdoutSink(), DeltaMinuteSink(tables)]
+    for s in sinks:
+        s.write(results, batch_id)
+
+=================== ================================================================
+``KafkaSink``       ``minuteStats``: key = window_start, value = the JSON of results.py
+``StdoutSink``      ``--print``: final and corrected results, one JSON per line
+``DeltaMinuteSink`` ``minute_stats``: MERGE by minute, app transaction = batch id
+=================== ================================================================
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Protocol
+
+from doodlestats.results import PROVISIONAL, MinuteResult, rows_table
+from doodlestats.tables import Tables
+
+__all__ = ["Sink", "KafkaSink", "StdoutSink", "DeltaMinuteSink"]
+
+
+class Sink(Protocol):
+    def write(self, results: list[MinuteResult], batch_id: int) -> None:
+        """Publish ``results``; raise if they could not be published."""
+
+
+class KafkaSink:
+    """Publishes minute results to the output topic: key = window_start, value = JSON."""
+
+    def __init__(self, bootstrap: str, topic: str, client_conf: dict | None = None):
+        from confluent_kafka import Producer
+        self.topic = topic
+        self.producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5, "acks": "all",
+                                  "enable.idempotence": True, **(client_conf or {})})
+        self.errors: list[str] = []
+
+    def write(self, results, batch_id):
+        for r in results:
+            self.producer.produce(self.topic, r.to_bytes(), r.key.encode(),
+                                  on_delivery=lambda err, _m: err and self.errors.append(str(err)))
+        left = self.producer.flush(30)
+        if left or self.errors:
+            raise RuntimeError(f"publishing to {self.topic} failed: {self.errors[:1] or [f'{left} undelivered']}")
+
+
+class StdoutSink:
+    """``--print``: final and corrected results as JSON lines on stdout."""
+
+    def __init__(self, stream=None):
+        self.stream = stream
+
+    def write(self, results, batch_id):
+        out = self.stream or sys.stdout
+        for r in results:
+            if r.status != PROVISIONAL:
+                out.write(r.to_bytes().decode() + "\n")
+        out.flush()
+
+
+class DeltaMinuteSink:
+    """``minute_stats``: one row per minute, merged (absolute values: replays are harmless)."""
+
+    def __init__(self, tables: Tables):
+        self.tables = tables
+
+    def write(self, results, batch_id):
+        if results:
+            self.tables.upsert_minutes(rows_table(results, batch_id), batch_id)
