@@ -12,7 +12,7 @@ import pytest
 from conftest import ROOT
 from doodlestats import guard
 from doodlestats.config import ConfigError, load_config
-from doodlestats.pipeline import hll_lg_k, hll_rsd
+from doodlestats.counting import hll_lg_k, hll_rsd
 from doodlestats.results import MinuteResult, iso
 from doodlestats.state import JobState, StateStore
 
