@@ -18,13 +18,14 @@ UDF_JAR   := java/target/doodle-udf.jar
 STAMP_VENV  := $(VENV)/.installed
 STAMP_SPARK := .deps/spark-jars/.fetched
 STAMP_KAFKA := .deps/kafka-jars/.fetched
+PLAIN_CONF  := conf/spark/spark-defaults.conf
 
-.PHONY: help setup run test test-fast bench-smoke kafka-up kafka-down kafka-status sample load stats bench clean distclean
+.PHONY: help setup run test test-fast bench-smoke kafka-up kafka-down kafka-status cluster-up cluster-down cluster-status wheel sample load stats bench clean distclean
 
 help: ## list the targets
-	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-15s %s\n", $$1, $$2}'
 
-setup: $(STAMP_VENV) $(STAMP_SPARK) $(STAMP_KAFKA) $(UDF_JAR) ## virtualenv + jars (Spark connectors, Kafka broker) + fast parser; once
+setup: $(STAMP_VENV) $(STAMP_SPARK) $(STAMP_KAFKA) $(UDF_JAR) $(PLAIN_CONF) ## virtualenv + jars (Spark connectors, Kafka broker) + fast parser; once
 
 $(STAMP_VENV): requirements.txt
 	@command -v $(PY) >/dev/null || { echo "setup: $(PY) not found — install Python 3.11 (or make PY=python3 ...)"; exit 2; }
@@ -50,6 +51,14 @@ $(UDF_JAR): java/pom.xml $(JAVA_SRC)
 	@$(MVN) -f java/pom.xml package -DskipTests
 	@touch $@
 
+# conf/spark/spark-defaults.conf (git-ignored: absolute paths of the jars) and the virtualenv's
+# Spark reading conf/spark: plain `spark-submit jobs/<job>.py` from the activated .venv works
+$(PLAIN_CONF): conf/spark-defaults.conf conf/doodle.toml $(STAMP_VENV) $(STAMP_SPARK) $(UDF_JAR)
+	@$(VPY) -m doodlestats.session write-plain-conf
+
+wheel: setup ## build the doodlestats wheel (.deps/dist/<hash>/) if its sources changed; print its path
+	@./spark-submit.sh --build-wheel
+
 kafka-up: setup ## start the embedded Kafka broker (KRaft) and create the topics
 	@$(VPY) -m tools.kafka_local up
 
@@ -58,6 +67,15 @@ kafka-down: ## stop the embedded Kafka broker (by its PID file)
 
 kafka-status: ## is the embedded broker running?
 	@$(VPY) -m tools.kafka_local status
+
+cluster-up: setup ## start a Spark standalone cluster: master 127.0.0.1:7077 (UI :8080), 2 workers x 1 core
+	@$(VPY) -m tools.cluster_local up
+
+cluster-down: ## stop the local Spark cluster (by its PID files)
+	@if [ -x $(VPY) ]; then $(VPY) -m tools.cluster_local down; else echo "cluster: not set up"; fi
+
+cluster-status: ## is the local Spark cluster running? its workers
+	@$(VPY) -m tools.cluster_local status
 
 $(SAMPLE): | $(STAMP_VENV)
 	@mkdir -p data
@@ -82,11 +100,11 @@ test-fast: setup ## the tests that need neither Kafka nor Spark
 bench: setup sample ## benchmarks side by side (see bench/README.md)
 	$(VPY) -m bench.run $(BENCH_ARGS)
 
-clean: kafka-down ## stop the broker, delete data and runtime state (keeps set-up)
+clean: kafka-down cluster-down ## stop the broker and the cluster, delete data and runtime state (keeps set-up)
 	rm -rf data .run spark-warehouse
 
 distclean: clean ## also delete the virtualenv and fetched jars
-	rm -rf $(VENV) .deps java/target
+	rm -rf $(VENV) .deps java/target $(PLAIN_CONF)
 
 bench-smoke: setup ## the benchmark harness on a tiny input (CI keeps it working)
 	$(VPY) -m bench.run --frames 20000 --smoke

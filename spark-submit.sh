@@ -8,14 +8,67 @@
 #   ./spark-submit.sh --master spark://host:7077 --executor-memory 4g jobs/minute_stats.py
 #
 # Flags before the job file go to spark-submit (they win over the defaults below);
-# flags after it go to the job. The project's package is put on the driver's
-# PYTHONPATH and shipped to executors with --py-files (needed on a cluster).
+# flags after it go to the job. The `doodlestats` package is built into a wheel from
+# pyproject.toml (again only when its sources changed) and shipped with --py-files: the
+# driver and every executor import it from that artifact.
+#
+#   ./spark-submit.sh --build-wheel     # only build (if needed) and print the wheel's path
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 VENV="$ROOT/.venv"
+DIST="$ROOT/.deps/dist"
 die() { echo "spark-submit.sh: $*" >&2; exit 2; }
 
 [ -x "$VENV/bin/python" ] || die "virtualenv missing — run \`make setup\` first"
+
+# The package artifact. Its folder is named after a hash of its sources
+# (pyproject.toml + doodlestats/), so it is built once per change, offline (setuptools
+# from the virtualenv, no build isolation, no index), and a job that is still running
+# keeps the files it started with. Spark puts only .zip/.egg/.jar files of --py-files on
+# the executors' sys.path, so the wheel (a zip) is also there as doodlestats.zip, the
+# same bytes. Folders unused for 7 days are deleted.
+build_wheel() {
+  local hash dir tmp whl
+  hash="$(cd "$ROOT" && { find doodlestats -type f ! -path '*/__pycache__/*' ! -name '*.pyc' -print0
+                          printf 'pyproject.toml\0'; } | LC_ALL=C sort -z | xargs -0 sha256sum | sha256sum | cut -c1-16)"
+  dir="$DIST/$hash"
+  if [ ! -f "$dir/doodlestats.zip" ]; then
+    mkdir -p "$DIST"
+    exec 9>"$DIST/.lock"
+    flock 9  # two jobs started at once build it once
+    if [ ! -f "$dir/doodlestats.zip" ]; then
+      "$VENV/bin/python" -c 'import setuptools.command.bdist_wheel' 2>/dev/null ||
+        "$VENV/bin/python" -c 'import wheel.bdist_wheel' 2>/dev/null ||
+        die "the virtualenv's setuptools cannot build wheels (needs setuptools >= 70.1 from requirements.txt) — run \`make setup\`"
+      tmp="$(mktemp -d "$DIST/.build.XXXXXX")"
+      mkdir "$tmp/src" "$tmp/out"
+      cp "$ROOT/pyproject.toml" "$tmp/src/" && cp -R "$ROOT/doodlestats" "$tmp/src/"
+      find "$tmp/src" -name __pycache__ -prune -exec rm -rf {} +
+      if ! "$VENV/bin/python" -m pip wheel --no-deps --no-build-isolation --no-index \
+             --disable-pip-version-check -w "$tmp/out" "$tmp/src" >"$DIST/build.log" 2>&1; then
+        rm -rf "$tmp"
+        die "building the doodlestats wheel failed — see .deps/dist/build.log"
+      fi
+      whl="$(ls "$tmp"/out/doodlestats-*.whl)"
+      cp "$whl" "$tmp/out/doodlestats.zip"
+      mv "$tmp/out" "$dir"
+      rm -rf "$tmp"
+      echo "spark-submit.sh: built $(basename "$whl") in .deps/dist/$hash/" >&2
+    fi
+    exec 9>&-
+  fi
+  touch "$dir"
+  find "$DIST" -mindepth 1 -maxdepth 1 -type d -name '[0-9a-f]*' -mtime +7 ! -name "$hash" -exec rm -rf {} + 2>/dev/null || true
+  WHEEL="$(ls "$dir"/doodlestats-*.whl)"
+  PYZIP="$dir/doodlestats.zip"
+}
+
+if [ "${1:-}" = "--build-wheel" ]; then
+  build_wheel
+  echo "$WHEEL"
+  exit 0
+fi
+
 [ -d "$ROOT/.deps/spark-jars" ] || die "Spark jars not fetched — run \`make setup\` first"
 [ -f "$ROOT/java/target/doodle-udf.jar" ] || die "fast parser jar not built — run \`make setup\` first"
 command -v java >/dev/null || die "java not found on PATH — install OpenJDK 17"
@@ -32,24 +85,35 @@ done
 [ -f "$job" ] || die "no such job: $job"
 
 has_flag() { local f; for f in "${spark_flags[@]+"${spark_flags[@]}"}"; do [ "$f" = "$1" ] && return 0; done; return 1; }
+flag_value() {  # the value of a spark-submit flag given as `--flag value` or `--flag=value`
+  local i f=("${spark_flags[@]+"${spark_flags[@]}"}")
+  for ((i = 0; i < ${#f[@]}; i++)); do
+    [ "${f[i]}" = "$1" ] && [ $((i + 1)) -lt ${#f[@]} ] && { echo "${f[i+1]}"; return 0; }
+    case "${f[i]}" in "$1="*) echo "${f[i]#*=}"; return 0 ;; esac
+  done
+  return 1
+}
 
-# conf/doodle.toml knobs used as defaults (overridable by flags before the job file)
-read -r master driver_mem < <("$VENV/bin/python" - "$ROOT" <<'PY'
+# conf/doodle.toml knobs used as defaults (overridable by flags before the job file), and
+# the jars (the same list in-process sessions and the plain form's conf/spark use)
+read -r master driver_mem jars < <("$VENV/bin/python" - "$ROOT" <<'PY'
 import sys; sys.path.insert(0, sys.argv[1])
 from doodlestats.config import load_config
+from doodlestats.session import local_jars
 c = load_config()
-print(c.spark.master, c.spark.driver_memory)
+print(c.spark.master, c.spark.driver_memory, ",".join(map(str, local_jars())))
 PY
 )
 
-# ship the package as a zip for executors on other machines
-mkdir -p "$ROOT/.deps/dist"
-pyzip="$ROOT/.deps/dist/doodlestats.zip"
-(cd "$ROOT" && rm -f "$pyzip" && "$VENV/bin/python" -m zipfile -c "$pyzip" doodlestats schemas >/dev/null)
+build_wheel
 
-jars="$(ls "$ROOT"/.deps/spark-jars/*.jar | tr '\n' ',')$ROOT/java/target/doodle-udf.jar"
-defaults=(--properties-file "$ROOT/conf/spark-defaults.conf" --jars "$jars" --py-files "$pyzip")
+defaults=(--properties-file "$ROOT/conf/spark-defaults.conf" --jars "$jars" --py-files "$PYZIP")
 has_flag --master || defaults+=(--master "$master")
+# A standalone master on this machine (make cluster-up): the driver binds and advertises
+# 127.0.0.1 like the master and workers do.
+case "$(flag_value --master || echo "$master")" in
+  spark://127.0.0.1:*|spark://localhost:*) export SPARK_LOCAL_IP="${SPARK_LOCAL_IP:-127.0.0.1}" ;;
+esac
 has_flag --driver-memory || defaults+=(--driver-memory "$driver_mem")
 
 export SPARK_HOME="${SPARK_HOME_OVERRIDE:-$("$VENV/bin/python" -c 'import pyspark,os;print(os.path.dirname(pyspark.__file__))')}"

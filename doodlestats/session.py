@@ -2,9 +2,16 @@
 
 Under ``./spark-submit.sh`` the jars and settings come from the command line and
 ``conf/spark-defaults.conf``; :func:`get_spark` only fills what is missing, so the same
-code runs under a plain ``spark-submit --packages ...`` and in-process (tests)::
+code runs under a plain ``spark-submit`` and in-process (tests)::
 
+    require_connectors(prog="minute_stats")      # one line and exit if a jar is missing
     spark = get_spark("minute_stats", cfg)
+
+The plain form — ``spark-submit jobs/minute_stats.py`` from the activated ``.venv`` —
+works because ``make setup`` writes ``conf/spark/spark-defaults.conf`` (git-ignored: it
+names the fetched jars by absolute path, see :func:`write_plain_conf`) and makes
+``conf/spark`` the configuration folder of the virtualenv's Spark. Any Spark 4.0 can use
+it too: ``SPARK_CONF_DIR=conf/spark spark-submit jobs/minute_stats.py``.
 """
 
 from __future__ import annotations
@@ -18,6 +25,25 @@ from doodlestats.config import REPO_ROOT, Config
 SPARK_JARS = REPO_ROOT / ".deps" / "spark-jars"
 UDF_JAR = REPO_ROOT / "java" / "target" / "doodle-udf.jar"
 DEFAULTS = REPO_ROOT / "conf" / "spark-defaults.conf"
+#: The configuration folder of the plain form (log4j2.properties + a generated
+#: spark-defaults.conf), also SPARK_CONF_DIR of ./spark-submit.sh.
+CONF_DIR = REPO_ROOT / "conf" / "spark"
+PLAIN_DEFAULTS = CONF_DIR / "spark-defaults.conf"
+
+#: A class of each piece a job may need on the driver's classpath.
+CONNECTORS = {
+    "kafka": ("org.apache.spark.sql.kafka010.KafkaSourceProvider", "Spark's Kafka connector"),
+    "delta": ("io.delta.sql.DeltaSparkSessionExtension", "Delta Lake"),
+    "udf": ("doodle.udf.FrameParser", "the fast parser (java/target/doodle-udf.jar)"),
+}
+
+
+def local_jars() -> list[Path]:
+    """The jars ``make setup`` fetched and built: Kafka connector, Delta, fast parser."""
+    jars = sorted(SPARK_JARS.glob("*.jar"))
+    if UDF_JAR.exists():
+        jars.append(UDF_JAR)
+    return jars
 
 
 def _defaults() -> dict[str, str]:
@@ -37,15 +63,12 @@ def get_spark(app: str, cfg: Config, extra: dict[str, str] | None = None):
     active = SparkSession.getActiveSession()
     if active is not None:
         return active
-    in_submit = "pyspark-shell" in os.environ.get("PYSPARK_SUBMIT_ARGS", "") or \
-        os.environ.get("SPARK_ENV_LOADED") == "1"
+    in_submit = _in_submit()
     b = SparkSession.builder.appName(app)
     if not in_submit:
         # in-process (tests, notebooks): mirror what spark-submit.sh passes
         os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
-        jars = sorted(str(p) for p in SPARK_JARS.glob("*.jar"))
-        if UDF_JAR.exists():
-            jars.append(str(UDF_JAR))
+        jars = [str(p) for p in local_jars()]
         b = b.master(cfg.spark.master).config("spark.driver.memory", cfg.spark.driver_memory)
         b = b.config("spark.jars", ",".join(jars))
         for k, v in _defaults().items():
@@ -54,15 +77,141 @@ def get_spark(app: str, cfg: Config, extra: dict[str, str] | None = None):
         b = b.config("spark.driver.extraJavaOptions",
                      f"-Duser.timezone=UTC -Dlog4j2.configurationFile={log4j}")
     else:
-        b = b.config("spark.sql.extensions", "io.delta.sql.DeltaSparkSessionExtension") \
-             .config("spark.sql.catalog.spark_catalog", "org.apache.spark.sql.delta.catalog.DeltaCatalog") \
-             .config("spark.sql.session.timeZone", "UTC")
+        if not _missing(_submit_jvm(), ["delta"]):  # else Spark logs a stack trace per session
+            b = b.config("spark.sql.extensions", "io.delta.sql.DeltaSparkSessionExtension") \
+                 .config("spark.sql.catalog.spark_catalog", "org.apache.spark.sql.delta.catalog.DeltaCatalog")
+        b = b.config("spark.sql.session.timeZone", "UTC")
     b = b.config("spark.sql.shuffle.partitions", str(cfg.spark.shuffle_partitions))
     for k, v in (extra or {}).items():
         b = b.config(k, v)
     spark = b.getOrCreate()
     spark.sparkContext.setLogLevel("WARN")
     return spark
+
+
+def _in_submit() -> bool:
+    """True in a driver that spark-submit started (its JVM is already running)."""
+    return "pyspark-shell" in os.environ.get("PYSPARK_SUBMIT_ARGS", "") or \
+        os.environ.get("SPARK_ENV_LOADED") == "1"
+
+
+def _submit_jvm():
+    """The JVM of the spark-submit that started this driver, without starting a SparkContext."""
+    from pyspark import SparkContext
+    SparkContext._ensure_initialized()  # connects to spark-submit's gateway; starts nothing
+    return SparkContext._jvm
+
+
+def _loadable(jvm, cls: str) -> bool:
+    try:
+        jvm.java.lang.Class.forName(cls, False, jvm.Thread.currentThread().getContextClassLoader())
+        return True
+    except Exception:  # noqa: BLE001 - py4j wraps ClassNotFoundException
+        return False
+
+
+def _missing(jvm, pieces) -> list[str]:
+    return [p for p in pieces if not _loadable(jvm, CONNECTORS[p][0])]
+
+
+def _suggestion() -> str:
+    """What to run instead: this very command through ./spark-submit.sh."""
+    import shlex
+    script = REPO_ROOT / "spark-submit.sh"
+    here = Path.cwd().resolve()
+    launcher = "./spark-submit.sh" if here == REPO_ROOT else str(script)
+    job = sys.argv[0] if sys.argv and sys.argv[0] else "jobs/<job>.py"
+    try:
+        job = str(Path(job).resolve().relative_to(here))
+    except ValueError:
+        pass
+    return shlex.join([launcher, job, *sys.argv[1:]])
+
+
+def require_connectors(spark=None, *, kafka: bool = True, delta: bool = True, udf: bool = False,
+                       prog: str | None = None) -> None:
+    """Exit with one line saying what to run if a jar the job needs is not on the classpath.
+
+    Call it right before :func:`get_spark` (``spark=None``: under spark-submit it asks the
+    already running JVM, so a missing piece costs no SparkContext start-up and no Spark
+    log lines) or right after it with the session. ``kafka``/``delta``/``udf`` select the
+    pieces (see :data:`CONNECTORS`). Raises ``SystemExit`` with a message such as::
+
+        minute_stats: error: Spark's Kafka connector is not on the classpath of this spark-submit
+        — run `./spark-submit.sh jobs/minute_stats.py --available-now` (or `make setup` once for plain spark-submit)
+    """
+    prog = prog or Path(sys.argv[0] if sys.argv and sys.argv[0] else "doodlestats").stem
+    pieces = [p for p, on in (("kafka", kafka), ("delta", delta), ("udf", udf)) if on]
+    fetched = bool(list(SPARK_JARS.glob("spark-sql-kafka-*.jar"))) and \
+        bool(list(SPARK_JARS.glob("delta-spark_*.jar"))) and (not udf or UDF_JAR.exists())
+    if spark is not None:
+        jvm = spark.sparkContext._jvm
+    elif _in_submit():
+        jvm = _submit_jvm()
+    else:  # in-process: get_spark adds the fetched jars itself
+        if not fetched:
+            raise SystemExit(f"{prog}: error: the Spark jars are not fetched yet — run `make setup`")
+        return
+    missing = _missing(jvm, pieces)
+    if not missing:
+        return
+    what = " and ".join(CONNECTORS[p][1] for p in missing)
+    verb = "are" if len(missing) > 1 else "is"
+    if not fetched:
+        hint = "run `make setup`"
+    else:
+        hint = f"run `{_suggestion()}`"
+        if not PLAIN_DEFAULTS.exists():
+            hint += " (or `make setup` once, for plain spark-submit)"
+    if spark is not None:
+        spark.stop()
+    raise SystemExit(f"{prog}: error: {what} {verb} not on the classpath of this spark-submit — {hint}")
+
+
+def plain_conf_text(cfg: Config) -> str:
+    """``conf/spark/spark-defaults.conf`` of the plain form: ``conf/spark-defaults.conf`` plus
+    what ./spark-submit.sh adds on its command line (master, driver memory, jars, Python)."""
+    jars = local_jars()
+    head = ("# Generated by `make setup` from conf/spark-defaults.conf and conf/doodle.toml\n"
+            "# (doodlestats.session.write_plain_conf); git-ignored, do not edit. It makes the plain\n"
+            "# form work: `spark-submit jobs/<job>.py` from the activated .venv, whose Spark reads\n"
+            "# this folder, or SPARK_CONF_DIR=conf/spark with another Spark 4.0.\n")
+    extra = {
+        "spark.master": cfg.spark.master,
+        "spark.driver.memory": cfg.spark.driver_memory,
+        "spark.jars": ",".join(str(j) for j in jars),
+        "spark.pyspark.python": sys.executable,
+        # local executors import the package from this clone, as the driver does
+        "spark.executorEnv.PYTHONPATH": str(REPO_ROOT),
+    }
+    body = DEFAULTS.read_text()
+    return head + body.rstrip("\n") + "\n# added for the plain form\n" + \
+        "".join(f"{k:<45} {v}\n" for k, v in extra.items())
+
+
+def write_plain_conf(cfg: Config) -> list[str]:
+    """Write ``conf/spark/spark-defaults.conf`` and make ``conf/spark`` the configuration
+    folder of the virtualenv's Spark (``<pyspark>/conf``, a symlink). Returns what was done."""
+    import pyspark
+    done = []
+    if not list(SPARK_JARS.glob("*.jar")):
+        raise SystemExit("session: error: the Spark jars are not fetched yet — run `make setup`")
+    tmp = PLAIN_DEFAULTS.with_name(PLAIN_DEFAULTS.name + ".tmp")
+    tmp.write_text(plain_conf_text(cfg))
+    os.replace(tmp, PLAIN_DEFAULTS)
+    done.append(f"wrote {PLAIN_DEFAULTS.relative_to(REPO_ROOT)}")
+    link = Path(pyspark.__file__).resolve().parent / "conf"
+    if link.is_symlink() and link.resolve() == CONF_DIR.resolve():
+        pass
+    elif link.is_symlink() or not link.exists():
+        tmp_link = link.with_name(".conf.tmp")
+        tmp_link.unlink(missing_ok=True)
+        tmp_link.symlink_to(CONF_DIR.resolve(), target_is_directory=True)
+        os.replace(tmp_link, link)
+        done.append("the virtualenv's Spark reads conf/spark")
+    else:  # a Spark distribution's own conf/ folder: not ours to replace
+        done.append(f"{link} is a folder of its own: use SPARK_CONF_DIR={CONF_DIR} spark-submit ...")
+    return done
 
 
 def has_fast_parser(spark) -> bool:
@@ -126,3 +275,18 @@ def _dup_from(pid: int, target_fd: int) -> int | None:
         return fd if fd >= 0 else None
     finally:
         os.close(pidfd)
+
+
+if __name__ == "__main__":  # `make setup`: python -m doodlestats.session write-plain-conf
+    import argparse
+
+    from doodlestats.config import ConfigError, load_config
+    ap = argparse.ArgumentParser(prog="python -m doodlestats.session")
+    ap.add_argument("command", choices=["write-plain-conf"])
+    ap.add_argument("--conf-file")
+    a = ap.parse_args()
+    try:
+        for line in write_plain_conf(load_config(a.conf_file)):
+            print(f"setup: {line}")
+    except ConfigError as e:
+        raise SystemExit(f"setup: error: {e}") from None

@@ -5,6 +5,7 @@ the fast parser, writes the per-minute frame counts to a Delta table, reads the 
 back and prints one JSON object per minute to stdout::
 
     ./spark-submit.sh jobs/frame_counts.py --topic doodle --delta-path /tmp/frame_counts
+    spark-submit jobs/frame_counts.py --topic doodle --delta-path /tmp/frame_counts  # plain form
 
 It exercises the whole tool chain (Kafka connector, Delta, the JVM parser, the
 project's package on executors) in a few seconds; the tests run it.
@@ -45,7 +46,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from pyspark.sql import functions as F
     from doodlestats.parse import minute_of, parse_frames
-    from doodlestats.session import get_spark
+    from doodlestats.session import get_spark, require_connectors
+    require_connectors(prog="frame_counts")  # one line, not a stack trace, if a jar is missing
     spark = get_spark("frame_counts", cfg)
     raw = (spark.read.format("kafka").option("kafka.bootstrap.servers", cfg.kafka.bootstrap_servers)
            .option("subscribe", cfg.kafka.input_topic).load())
