@@ -70,12 +70,13 @@ def neighbourhood_stats(parsed, size: int) -> list[dict]:
     count, all frames, last offset — one Spark aggregation, one row per neighbourhood.
 
     ``parsed`` has ``src``, ``partition``, ``offset``, ``ts`` and ``reason`` (null = parsed).
-    The median is Spark's ``percentile_approx`` (accuracy 10,000), far finer than the
-    hour-scale ``max_skew_s``.
+    The median is Spark's ``percentile_approx`` with accuracy 1,000: a rank error of at
+    most 1 frame in a 1,000-frame neighbourhood, far finer than the hour-scale
+    ``max_skew_s`` (accuracy 10,000 cost 3x the time, measured on 3M rows).
     """
     good = F.col("reason").isNull()
     rows = (parsed.groupBy("src", "partition", nb_col(size).alias("nb"))
-            .agg(F.percentile_approx(F.when(good, F.col("ts")), 0.5, 10000).alias("med"),
+            .agg(F.percentile_approx(F.when(good, F.col("ts")), 0.5, 1000).alias("med"),
                  F.count(F.when(good, F.lit(1))).alias("good"), F.count(F.lit(1)).alias("total"),
                  F.max("offset").alias("last"))
             .collect())

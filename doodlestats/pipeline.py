@@ -196,9 +196,10 @@ class MinuteStatsPipeline:
         g = self.cfg.guard
         parsed = parse_frames(src, self.cfg.job.parser)
         keep = guard.keep_raw(parsed.sparkSession, g.max_skew_s, st.watermark, st.ref_ts)
+        # cached per frame: keep it narrow (topic/file are ``src``, told apart by ``line``)
         return (parsed.withColumn("keep", keep)
                 .select("ts", "uid", "reason", F.coalesce("topic", "file").alias("src"), "partition", "offset",
-                        "topic", "file", "line", F.when(F.col("keep"), F.col("value")).alias("raw")))
+                        "line", F.when(F.col("keep"), F.col("value")).alias("raw")))
 
     def _classify(self, parsed: DataFrame, gp: guard.GuardPlan, st: JobState) -> DataFrame:
         """Verdicts on executors: final ``reason`` (parse reason, ts_outlier, late), ``minute``."""
@@ -232,7 +233,8 @@ class MinuteStatsPipeline:
             q = q.unionByName(fix)
         now_us = int(time.time() * 1e6)
         rows = q.select(
-            "reason", "raw", "topic", "partition", "offset", "file", "line", "ts", "uid",
+            "reason", "raw", F.when(F.col("line").isNull(), F.col("src")).alias("topic"), "partition", "offset",
+            F.when(F.col("line").isNotNull(), F.col("src")).alias("file"), "line", "ts", "uid",
             F.when(r == reasons.LATE, F.col("minute")).alias("minute"),
             F.lit(batch_id).cast("bigint").alias("batch_id"),
             F.timestamp_micros(F.lit(now_us)).alias("quarantined_at"),
