@@ -77,7 +77,8 @@ def get_spark(app: str, cfg: Config, extra: dict[str, str] | None = None):
         b = b.config("spark.driver.extraJavaOptions",
                      f"-Duser.timezone=UTC -Dlog4j2.configurationFile={log4j}")
     else:
-        if not _missing(_submit_jvm(), ["delta"]):  # else Spark logs a stack trace per session
+        # without Delta's jar, naming its extension costs a logged stack trace per session
+        if not _has_submit_gateway() or not _missing(_submit_jvm(), ["delta"]):
             b = b.config("spark.sql.extensions", "io.delta.sql.DeltaSparkSessionExtension") \
                  .config("spark.sql.catalog.spark_catalog", "org.apache.spark.sql.delta.catalog.DeltaCatalog")
         b = b.config("spark.sql.session.timeZone", "UTC")
@@ -93,6 +94,11 @@ def _in_submit() -> bool:
     """True in a driver that spark-submit started (its JVM is already running)."""
     return "pyspark-shell" in os.environ.get("PYSPARK_SUBMIT_ARGS", "") or \
         os.environ.get("SPARK_ENV_LOADED") == "1"
+
+
+def _has_submit_gateway() -> bool:
+    """True if spark-submit's JVM waits for this process on a py4j gateway."""
+    return bool(os.environ.get("PYSPARK_GATEWAY_PORT"))
 
 
 def _submit_jvm():
@@ -146,7 +152,7 @@ def require_connectors(spark=None, *, kafka: bool = True, delta: bool = True, ud
         bool(list(SPARK_JARS.glob("delta-spark_*.jar"))) and (not udf or UDF_JAR.exists())
     if spark is not None:
         jvm = spark.sparkContext._jvm
-    elif _in_submit():
+    elif _in_submit() and _has_submit_gateway():
         jvm = _submit_jvm()
     else:  # in-process: get_spark adds the fetched jars itself
         if not fetched:

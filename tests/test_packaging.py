@@ -151,7 +151,7 @@ def _closure(names: set[str]) -> set[str]:
 
 def _third_party_imports(paths: list[Path]) -> dict[str, str]:
     """top-level module -> first file importing it, for modules outside the stdlib and the repo."""
-    local = {"doodlestats", "tools", "bench", "conftest", "jobs"}
+    local = {"doodlestats", "tools", "bench", "jobs"} | {p.stem for p in paths}  # tests import each other
     out: dict[str, str] = {}
     for path in paths:
         for node in ast.walk(ast.parse(path.read_text(), str(path))):
