@@ -159,7 +159,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     from doodlestats.pipeline import MinuteStatsPipeline
-    from doodlestats.session import get_spark, has_fast_parser
+    from doodlestats.session import get_spark, has_fast_parser, require_connectors
+    require_connectors(kafka=args.source == "kafka", prog="minute_stats")  # one line, not a stack trace
     spark = get_spark("minute_stats", cfg)
     if cfg.job.parser == "jvm" and not has_fast_parser(spark):
         log("minute_stats: warning: doodle-udf.jar is not on the classpath (add --jars "

@@ -1,0 +1,39 @@
+"""The job on a real Spark standalone cluster (master + 2 one-core workers on 127.0.0.1,
+started from the pinned pyspark by tools/cluster_local.py): a 6-partition topic with
+late, malformed and bit-flipped frames gives the generator's exact truth."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+
+import pytest
+
+from conftest import ROOT, consume_all, new_topic, produce
+from test_minute_stats import job_args, last_per_key, quarantine_counts, stored_minutes, truth_by_minute
+
+pytestmark = pytest.mark.integration
+
+
+def test_minute_stats_on_a_standalone_cluster_is_exact(kafka, spark, test_conf, tmp_path):
+    from tools import cluster_local
+    from tools.generator import GenConfig, generate
+    lines, truth = generate(GenConfig(count=24_000, rate=150, users=2000, seed=61, max_delay=4, delay_prob=0.05,
+                                      string_ts_frac=0.1, malformed_frac=0.01, bitflip_frac=0.002))
+    topic, out_topic = new_topic(kafka, "cluster", 6), new_topic(kafka, "cluster-out", 1)
+    produce(kafka, topic, lines)
+    with cluster_local.running(workers=2, port=17077, webui_port=18080, dir=tmp_path / "cluster") as c:
+        assert len(c.alive_workers()) == 2
+        cmd = [str(ROOT / "spark-submit.sh"), "--master", c.master_url, "--driver-memory", "1g",
+               "--executor-memory", "768m", str(ROOT / "jobs" / "minute_stats.py"), "--conf-file", str(test_conf),
+               *job_args(topic, out_topic, tmp_path, "--available-now", "--max-offsets-per-trigger", "8000")]
+        res = subprocess.run(cmd, capture_output=True, text=True, timeout=900, cwd=ROOT, env=dict(os.environ))
+        assert res.returncode == 0, res.stderr[-5000:]
+        assert "batch 2:" in res.stderr  # several micro-batches, executors on both workers
+    want = truth_by_minute(truth)
+    assert stored_minutes(spark, tmp_path / "delta") == want
+    got = {v["ts"]: (v["unique_users"], v["frames"]) for v in last_per_key(consume_all(kafka, out_topic)).values()}
+    assert got == want
+    bad = {k: v for k, v in truth["defects"].items() if k not in ("string_ts", "delayed") and v}
+    assert bad["ts_outlier"] and bad["malformed_json"] and truth["defects"]["delayed"]
+    assert dict(quarantine_counts(spark, tmp_path / "delta")) == bad
