@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
+from doodlestats.storage import is_uri
 
 
 def _repo_root() -> Path:
@@ -93,21 +95,48 @@ class SparkConf:
 
 
 @dataclass(frozen=True)
+class StorageConf:
+    """Object-store settings for URIs in ``[paths]`` (see :mod:`doodlestats.storage`).
+
+    Credentials are never part of the configuration: only the *names* of the environment
+    variables that hold them are.
+    """
+    s3_endpoint: str = ""
+    s3_region: str = "us-east-1"
+    s3_path_style: bool = False
+    s3_allow_http: bool = False
+    access_key_env: str = "AWS_ACCESS_KEY_ID"
+    secret_key_env: str = "AWS_SECRET_ACCESS_KEY"
+    session_token_env: str = ""
+
+
+@dataclass(frozen=True)
 class Config:
     kafka: KafkaConf = field(default_factory=KafkaConf)
     job: JobConf = field(default_factory=JobConf)
     guard: GuardConf = field(default_factory=GuardConf)
     paths: PathsConf = field(default_factory=PathsConf)
     spark: SparkConf = field(default_factory=SparkConf)
+    storage: StorageConf = field(default_factory=StorageConf)
 
-    def path(self, which: str) -> Path:
-        """Absolute path of ``paths.<which>`` (relative paths are relative to the repo)."""
-        p = Path(getattr(self.paths, which))
+    def path(self, which: str) -> Path | str:
+        """Where ``paths.<which>`` is: a URI (``s3a://bucket/x``, ``file:///x``, ...)
+        unchanged, as a string; a plain path as an absolute :class:`~pathlib.Path`
+        (relative paths are relative to the repo)::
+
+            cfg.path("delta")       # -> Path('/repo/data/delta')  for "data/delta"
+            cfg.path("checkpoint")  # -> 's3a://bucket/ckpt'        for "s3a://bucket/ckpt"
+        """
+        raw = getattr(self.paths, which)
+        if is_uri(raw):
+            return raw
+        p = Path(raw)
         return p if p.is_absolute() else REPO_ROOT / p
 
 
 _SECTIONS = {f.name: f.type for f in dataclasses.fields(Config)}
-_CLASSES = {"kafka": KafkaConf, "job": JobConf, "guard": GuardConf, "paths": PathsConf, "spark": SparkConf}
+_CLASSES = {"kafka": KafkaConf, "job": JobConf, "guard": GuardConf, "paths": PathsConf, "spark": SparkConf,
+            "storage": StorageConf}
 
 
 def _coerce(key: str, value: Any, default: Any) -> Any:
@@ -173,6 +202,25 @@ def _check(cfg: Config) -> None:
         raise ConfigError(f"kafka.bootstrap_servers: expected host:port, got {k.bootstrap_servers!r}") from None
     if cfg.spark.shuffle_partitions < 1:
         raise ConfigError("spark.shuffle_partitions must be >= 1")
+    _check_storage(cfg.storage)
+
+
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def _check_storage(st: StorageConf) -> None:
+    ep = st.s3_endpoint
+    if ep:
+        if not re.fullmatch(r"https?://[^/\s]+/?", ep):
+            raise ConfigError(f"storage.s3_endpoint: expected http(s)://host[:port], got {ep!r}")
+        if ep.startswith("http://") and not st.s3_allow_http:
+            raise ConfigError("storage.s3_endpoint is http:// but storage.s3_allow_http is false")
+    if not st.s3_region:
+        raise ConfigError("storage.s3_region must not be empty")
+    for key in ("access_key_env", "secret_key_env", "session_token_env"):
+        name = getattr(st, key)
+        if (name or key != "session_token_env") and not _ENV_NAME.fullmatch(name):
+            raise ConfigError(f"storage.{key}: expected the name of an environment variable, got {name!r}")
 
 
 def load_config(path: str | os.PathLike | None = None,
