@@ -86,7 +86,11 @@ def fs_for(location: str, spark=None):
     if spark is None:
         raise ValueError(f"{location}: a URI checkpoint needs a Spark session for its file system")
     from doodlestats.storage import HadoopFS
-    return HadoopFS(spark)
+
+    class _Names(HadoopFS):  # the state needs names only
+        def list(self, path):
+            return sorted(f.name for f in super().list(path))
+    return _Names(spark)
 
 
 def local_path(location: str) -> str:

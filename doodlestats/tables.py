@@ -43,9 +43,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from doodlestats.results import MINUTE_STATS_SCHEMA
+from doodlestats.storage import is_uri, join, to_delta_uri, to_spark_uri
 
-__all__ = ["MINUTE_STATS", "MINUTE_UIDS", "QUARANTINE", "SCHEMAS", "FileMeta", "Tables", "minute_date",
-           "join_uri"]
+__all__ = ["MINUTE_STATS", "MINUTE_UIDS", "QUARANTINE", "SCHEMAS", "FileMeta", "Tables", "minute_date"]
 
 MINUTE_STATS = "minute_stats"
 MINUTE_UIDS = "minute_uids"
@@ -70,33 +70,10 @@ def minute_date(minutes: pa.Array) -> pa.Array:
     return pc.cast(pc.cast(pc.multiply(minutes, 1_000_000), _TS), pa.date32())
 
 
-def is_uri(path: str) -> bool:
-    return "://" in str(path)
-
-
-def join_uri(base: str, *parts: str) -> str:
-    """``base`` + ``/part``… for URIs and plain paths alike (no pathlib on URIs)."""
-    out = str(base).rstrip("/")
-    for p in parts:
-        out += "/" + str(p).strip("/")
-    return out
-
-
 def normalise_root(root) -> str:
-    """A URI unchanged; a plain path made absolute (delta-rs and Spark agree on it)."""
+    """A URI in Spark's form (``s3://`` → ``s3a://``); a plain path made absolute."""
     root = str(root)
-    return root.rstrip("/") if is_uri(root) else os.path.abspath(root)
-
-
-def delta_uri(uri: str) -> str:
-    """What delta-rs accepts for a Spark URI (``s3a://`` is ``s3://`` to it; ``file:`` a path)."""
-    if uri.startswith("s3a://"):
-        return "s3://" + uri[len("s3a://"):]
-    if uri.startswith("file://"):
-        return uri[len("file://"):]
-    if uri.startswith("file:"):
-        return uri[len("file:"):]
-    return uri
+    return to_spark_uri(root).rstrip("/") if is_uri(root) else os.path.abspath(root)
 
 
 class FileMeta(dict):
@@ -118,14 +95,14 @@ class Tables:
     # ------------------------------------------------------------------ locations
     def path(self, name: str) -> str:
         """The table's location as Spark sees it."""
-        return join_uri(self.root, name)
+        return join(self.root, name)
 
     def _rs(self, name: str) -> str:
-        return delta_uri(self.path(name))
+        return to_delta_uri(self.path(name))
 
     def stage_uri(self, name: str, batch_id: int) -> str:
         """A fresh folder inside the table for the files one attempt of ``batch_id`` stages."""
-        return join_uri(self.path(name), STAGE_DIR, f"{batch_id:012d}-{uuid.uuid4().hex[:8]}")
+        return join(self.path(name), STAGE_DIR, f"{batch_id:012d}-{uuid.uuid4().hex[:8]}")
 
     def _app(self, name: str) -> str:
         return f"{self.app_id}-{name}"
@@ -224,7 +201,7 @@ class Tables:
         out = []
         for p, a, b in zip(paths, mins, maxs):
             if a is None or b is None or (a <= hi and b >= lo):
-                out.append(p if is_uri(p) else join_uri(self.path(name), p))
+                out.append(p if is_uri(p) else join(self.path(name), p))
         return out
 
     def versions(self) -> dict[str, int]:

@@ -132,13 +132,22 @@ def print_table(tables) -> None:
     sys.stdout.flush()
 
 
-def storage_options(cfg, uri: str) -> dict | None:
-    """delta-rs options for the Delta root (object-store endpoint and credentials)."""
+def process_cpu() -> dict:
+    """CPU seconds of this Python driver and of its JVM (under spark-submit the JVM is the
+    parent; in local mode it also runs the executors' tasks — the bench subtracts their
+    CPU time, from the event log, to get the driver's own share)."""
+    import resource
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    out = {"python_driver_cpu_s": round(ru.ru_utime + ru.ru_stime, 2)}
     try:
-        from doodlestats.storage import delta_storage_options
-    except ImportError:
-        return None
-    return delta_storage_options(uri, cfg) or None
+        import psutil
+        parent = psutil.Process(os.getppid())
+        if any("SparkSubmit" in a for a in parent.cmdline()):
+            t = parent.cpu_times()
+            out["jvm_cpu_s"] = round(t.user + t.system, 2)
+    except Exception:  # noqa: BLE001 - psutil missing or no such process: the figure is optional
+        pass
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -167,15 +176,16 @@ def main(argv: list[str] | None = None) -> int:
             "java/target/doodle-udf.jar); falling back to --parser python")
         cfg = build_config(argparse.Namespace(**{**vars(args), "parser": "python"}))
     from doodlestats.sinks import KafkaSink, StdoutSink
-    from doodlestats.tables import join_uri
+    from doodlestats.storage import configure_spark, delta_storage_options, join
     checkpoint, delta = str(cfg.path("checkpoint")), str(cfg.path("delta"))
+    configure_spark(spark, cfg, checkpoint=checkpoint, outputs=[delta])  # object-store settings, if any
     sinks = [KafkaSink(cfg.kafka.bootstrap_servers, cfg.kafka.output_topic)] + ([StdoutSink()] if args.print else [])
     pipeline = MinuteStatsPipeline(spark, cfg, checkpoint, delta, sinks=sinks,
-                                   storage_options=storage_options(cfg, delta))
+                                   storage_options=delta_storage_options(delta, cfg))
 
     stream = kafka_source(spark, cfg) if args.source == "kafka" else files_source(spark, args.input_path)
     writer = (stream.writeStream.foreachBatch(pipeline.process_batch)
-              .option("checkpointLocation", join_uri(checkpoint, "spark"))
+              .option("checkpointLocation", join(checkpoint, "spark"))
               .queryName("minute_stats"))
     writer = writer.trigger(availableNow=True) if args.available_now else \
         writer.trigger(processingTime=f"{cfg.job.trigger_s} seconds")
@@ -218,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
             log(f"  flush: {time.time() - t_flush:.2f}s")
     if args.metrics_file:
         Path(args.metrics_file).write_text(json.dumps({
-            **pipeline.totals, "query_seconds": round(time.time() - started, 3), "mode": cfg.job.mode,
+            **pipeline.totals, **process_cpu(), "query_seconds": round(time.time() - started, 3), "mode": cfg.job.mode,
             "parser": cfg.job.parser, "quarantined": dict(pipeline.quarantined_total)}, indent=1))
     if args.table:
         print_table(pipeline.tables)
