@@ -160,7 +160,7 @@ def test_progress_line_per_batch(exact_run):
     lines = [l for l in res.stderr.splitlines() if l.startswith("batch ")]
     assert len(lines) >= 4  # 40k frames at 9k per trigger
     for l in lines:
-        for part in ("frames", "input", "processed", "watermark", "open minutes", "state rows", "quarantined"):
+        for part in ("frames", "input", "processed", "watermark", "open minutes", "driver rows", "quarantined"):
             assert part in l
 
 
