@@ -18,6 +18,7 @@ UDF_JAR   := java/target/doodle-udf.jar
 STAMP_VENV  := $(VENV)/.installed
 STAMP_SPARK := .deps/spark-jars/.fetched
 STAMP_KAFKA := .deps/kafka-jars/.fetched
+STAMP_STORAGE := .deps/storage-jars/.fetched
 PLAIN_CONF  := conf/spark/spark-defaults.conf
 
 .PHONY: help setup run test test-fast bench-smoke kafka-up kafka-down kafka-status cluster-up cluster-down cluster-status wheel sample load stats bench clean distclean
@@ -25,7 +26,7 @@ PLAIN_CONF  := conf/spark/spark-defaults.conf
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-15s %s\n", $$1, $$2}'
 
-setup: $(STAMP_VENV) $(STAMP_SPARK) $(STAMP_KAFKA) $(UDF_JAR) $(PLAIN_CONF) ## virtualenv + jars (Spark connectors, Kafka broker) + fast parser; once
+setup: $(STAMP_VENV) $(STAMP_SPARK) $(STAMP_STORAGE) $(STAMP_KAFKA) $(UDF_JAR) $(PLAIN_CONF) ## virtualenv + jars (Spark connectors, object stores, Kafka broker) + fast parser; once
 
 $(STAMP_VENV): requirements.txt
 	@command -v $(PY) >/dev/null || { echo "setup: $(PY) not found — install Python 3.11 (or make PY=python3 ...)"; exit 2; }
@@ -38,6 +39,12 @@ $(STAMP_SPARK): maven/spark-jars.pom.xml
 	@command -v mvn >/dev/null || { echo "setup: mvn not found — install Maven"; exit 2; }
 	@echo "setup: fetching Spark's Kafka connector and Delta Lake jars"
 	@rm -rf .deps/spark-jars && $(MVN) -f maven/spark-jars.pom.xml dependency:copy-dependencies
+	@touch $@
+
+$(STAMP_STORAGE): maven/storage-jars.pom.xml
+	@command -v mvn >/dev/null || { echo "setup: mvn not found — install Maven"; exit 2; }
+	@echo "setup: fetching the object-store connectors (Hadoop S3A + AWS SDK modules)"
+	@rm -rf .deps/storage-jars && $(MVN) -f maven/storage-jars.pom.xml dependency:copy-dependencies
 	@touch $@
 
 $(STAMP_KAFKA): maven/kafka-broker.pom.xml
@@ -53,7 +60,7 @@ $(UDF_JAR): java/pom.xml $(JAVA_SRC)
 
 # conf/spark/spark-defaults.conf (git-ignored: absolute paths of the jars) and the virtualenv's
 # Spark reading conf/spark: plain `spark-submit jobs/<job>.py` from the activated .venv works
-$(PLAIN_CONF): conf/spark-defaults.conf conf/doodle.toml $(STAMP_VENV) $(STAMP_SPARK) $(UDF_JAR)
+$(PLAIN_CONF): conf/spark-defaults.conf conf/doodle.toml $(STAMP_VENV) $(STAMP_SPARK) $(STAMP_STORAGE) $(UDF_JAR)
 	@$(VPY) -m doodlestats.session write-plain-conf
 
 wheel: setup ## build the doodlestats wheel (.deps/dist/<hash>/) if its sources changed; print its path

@@ -23,6 +23,8 @@ from pathlib import Path
 from doodlestats.config import REPO_ROOT, Config
 
 SPARK_JARS = REPO_ROOT / ".deps" / "spark-jars"
+#: Hadoop's S3A file system and the AWS SDK modules it uses (maven/storage-jars.pom.xml)
+STORAGE_JARS = REPO_ROOT / ".deps" / "storage-jars"
 UDF_JAR = REPO_ROOT / "java" / "target" / "doodle-udf.jar"
 DEFAULTS = REPO_ROOT / "conf" / "spark-defaults.conf"
 #: The configuration folder of the plain form (log4j2.properties + a generated
@@ -39,8 +41,10 @@ CONNECTORS = {
 
 
 def local_jars() -> list[Path]:
-    """The jars ``make setup`` fetched and built: Kafka connector, Delta, fast parser."""
-    jars = sorted(SPARK_JARS.glob("*.jar"))
+    """The jars ``make setup`` fetched and built: Kafka connector, Delta, object-store
+    connectors, fast parser. The one list: ./spark-submit.sh (``--jars``), in-process
+    sessions and the plain form's ``conf/spark/spark-defaults.conf`` use it."""
+    jars = sorted(SPARK_JARS.glob("*.jar")) + sorted(STORAGE_JARS.glob("*.jar"))
     if UDF_JAR.exists():
         jars.append(UDF_JAR)
     return jars
