@@ -49,7 +49,7 @@ from doodlestats.state import JobState, StateStore
 from doodlestats.tables import MINUTE_STATS, QUARANTINE, Tables
 from doodlestats.window import Watermark, final_col, is_final, minute_col
 
-__all__ = ["MinuteStatsPipeline", "BatchReport", "BatchSummary", "with_file_positions"]
+__all__ = ["MinuteStatsPipeline", "BatchReport", "BatchSummary", "statuses", "with_file_positions"]
 
 QUARANTINE_FILE_SCHEMA = ("reason STRING, raw BINARY, topic STRING, partition INT, offset BIGINT, file STRING, "
                           "line BIGINT, ts BIGINT, uid STRING, minute BIGINT, batch_id BIGINT, "
@@ -112,6 +112,25 @@ class BatchSummary:
                 s.partition_max[key] = max(s.partition_max.get(key, r["max_ts"]), r["max_ts"])
                 s.max_ts = r["max_ts"] if s.max_ts is None else max(s.max_ts, r["max_ts"])
         return s
+
+
+def statuses(touched: list[int], late_minutes: list[int], open_minutes: list[int],
+             watermark: int | None) -> list[tuple[int, str]]:
+    """Which minutes a batch emits, with which status — the emit rule, defined once.
+
+    Every minute the batch touched is emitted: ``corrected`` if it was already final before
+    the batch (its frames were late), ``final`` if the new watermark passed it, else
+    ``provisional``. Open minutes the batch did not touch are emitted once, as ``final``,
+    when the watermark passes them.
+
+    >>> statuses([0, 60, 120], [0], [0, 60, 120, 180, -60], watermark=125)
+    [(0, 'corrected'), (60, 'final'), (120, 'provisional'), (-60, 'final')]
+    """
+    out = []
+    for m in touched:
+        out.append((m, CORRECTED if m in late_minutes else FINAL if is_final(m, watermark) else PROVISIONAL))
+    out += [(m, FINAL) for m in sorted(open_minutes) if m not in touched and is_final(m, watermark)]
+    return out
 
 
 def with_file_positions(df: DataFrame) -> DataFrame:
@@ -332,12 +351,9 @@ class MinuteStatsPipeline:
                 self.counter.merge(m, partials.per_minute[m])
         now = time.time()
         wm_new, partitions = self.clock.advance(st.watermark, st.partitions, s.partition_max, now)
-        newly_final = sorted(m for m in self.frames if m not in touched and is_final(m, wm_new))
-        results = []
-        for m in touched + newly_final:
-            status = CORRECTED if m in late_minutes else FINAL if is_final(m, wm_new) else PROVISIONAL
-            results.append(MinuteResult(m, self.counter.unique(m), self.frames.get(m, 0), status, self.mode,
-                                        self.rsd, now, self.counter.sketch(m)))
+        results = [MinuteResult(m, self.counter.unique(m), self.frames.get(m, 0), status, self.mode, self.rsd, now,
+                                self.counter.sketch(m))
+                   for m, status in statuses(touched, late_minutes, list(self.frames), wm_new)]
         rep.results = results
         t = rep.step("driver", t)
 

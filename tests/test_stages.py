@@ -66,3 +66,14 @@ def test_output_schema_is_defined_once():
     jsonschema.validate(r.to_json(), json_schema())
     row = r.to_row(7)
     assert set(row) == set(MINUTE_STATS_SCHEMA.names) and row["batch_id"] == 7 and row["hll"] == b"sk"
+
+
+def test_emit_rule_statuses():
+    import doctest
+
+    from doodlestats import pipeline
+    assert doctest.testmod(pipeline, verbose=False).failed == 0
+    from doodlestats.pipeline import statuses
+    # nothing final without a watermark; a touched minute is never emitted twice
+    assert statuses([0, 60], [], [0, 60], None) == [(0, "provisional"), (60, "provisional")]
+    assert statuses([0], [], [0, -60, -120], 0) == [(0, "provisional"), (-120, "final"), (-60, "final")]
