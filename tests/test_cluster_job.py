@@ -22,7 +22,8 @@ def test_minute_stats_on_a_standalone_cluster_is_exact(kafka, spark, test_conf, 
                                       string_ts_frac=0.1, malformed_frac=0.01, bitflip_frac=0.002))
     topic, out_topic = new_topic(kafka, "cluster", 6), new_topic(kafka, "cluster-out", 1)
     produce(kafka, topic, lines)
-    with cluster_local.running(workers=2, port=17077, webui_port=18080, dir=tmp_path / "cluster") as c:
+    with cluster_local.running(workers=2, port=int(os.environ.get("DOODLE_TEST_SPARK_PORT", "17077")) + 10,
+                               webui_port=int(os.environ.get("DOODLE_TEST_SPARK_UI_PORT", "18080")) + 10, dir=tmp_path / "cluster") as c:
         assert len(c.alive_workers()) == 2
         cmd = [str(ROOT / "spark-submit.sh"), "--master", c.master_url, "--driver-memory", "1g",
                "--executor-memory", "768m", str(ROOT / "jobs" / "minute_stats.py"), "--conf-file", str(test_conf),
