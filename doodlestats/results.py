@@ -40,6 +40,7 @@ class Field:
     arrow: pa.DataType    # column type in minute_stats
     required: bool = True
     description: str = ""
+    stored: bool = True   # a column of minute_stats (the legacy names are not)
 
 
 FIELDS: tuple[Field, ...] = (
@@ -59,10 +60,17 @@ FIELDS: tuple[Field, ...] = (
           description="Relative standard deviation of the HyperLogLog estimate (approx only)."),
     Field("emitted_at", {"type": "string"}, _TS,
           description="When the job published this value, ISO-8601 UTC with milliseconds."),
+    # the names the replaced consumer published: its readers keep working when they switch
+    Field("ts_str", {"type": "string", "pattern": "^[0-9]{4}-[0-9]{2}-[0-9]{2} [0-9]{2}:[0-9]{2}:00$"},
+          pa.string(), stored=False,
+          description="Legacy name: window_start as 'YYYY-MM-DD HH:MM:SS' (UTC), as the replaced consumer "
+                      "published it."),
+    Field("count", {"type": "integer", "minimum": 0}, pa.int64(), stored=False,
+          description="Legacy name: the same value as unique_users."),
 )
 
 # storage-only columns of the Delta table, after the published fields
-MINUTE_STATS_SCHEMA = pa.schema([(f.name, f.arrow) for f in FIELDS] + [
+MINUTE_STATS_SCHEMA = pa.schema([(f.name, f.arrow) for f in FIELDS if f.stored] + [
     ("date", pa.date32()), ("batch_id", pa.int64()), ("hll", pa.binary())])
 
 
@@ -119,7 +127,9 @@ class MinuteResult:
                 "window_end": dt.datetime.fromtimestamp(self.minute + 60, utc), "ts": self.minute,
                 "unique_users": self.unique_users, "frames": self.frames, "status": self.status,
                 "mode": self.mode, "rsd": self.rsd if self.mode == "approx" else None,
-                "emitted_at": dt.datetime.fromtimestamp(self.emitted_at, utc)}
+                "emitted_at": dt.datetime.fromtimestamp(self.emitted_at, utc),
+                "ts_str": dt.datetime.fromtimestamp(self.minute, utc).strftime("%Y-%m-%d %H:%M:%S"),
+                "count": self.unique_users}
 
     def to_json(self) -> dict:
         out = {}
@@ -138,7 +148,7 @@ class MinuteResult:
 
     def to_row(self, batch_id: int) -> dict:
         """A row of the ``minute_stats`` table (:data:`MINUTE_STATS_SCHEMA`)."""
-        v = self._values()
+        v = {f.name: val for f, val in zip(FIELDS, self._values().values()) if f.stored}
         return {**v, "date": v["window_start"].date(), "batch_id": batch_id, "hll": self.hll}
 
 

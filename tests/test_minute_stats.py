@@ -130,6 +130,19 @@ def test_print_writes_only_final_json_lines(exact_run):
     assert last == truth_by_minute(truth)
 
 
+def test_a_reader_of_the_replaced_consumer_keeps_working(kafka, exact_run):
+    """Readers of the old topic know only ts, ts_str and count: they get the truth."""
+    import datetime as dt
+    _, out_topic, _, truth = exact_run
+    seen = {}
+    for _k, v in consume_all(kafka, out_topic):
+        d = orjson.loads(v)
+        legacy = {"ts": d["ts"], "ts_str": d["ts_str"], "count": d["count"]}  # the old reader's fields
+        assert legacy["ts_str"] == dt.datetime.fromtimestamp(legacy["ts"], dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+        seen[legacy["ts"]] = legacy["count"]
+    assert seen == {m: u for m, (u, _) in truth_by_minute(truth).items()}
+
+
 def test_quarantine_counts_per_reason_equal_truth(spark, exact_run):
     tmp, _, res, truth = exact_run
     got = quarantine_counts(spark, tmp / "delta")
