@@ -169,6 +169,9 @@ class MinuteStatsPipeline:
         self.store = StateStore(checkpoint, spark=spark)
         self.tables = Tables(delta_root, app_id=app_id, storage_options=storage_options)
         self.tables.ensure()
+        if not self.store.ids() and self.store.start().versions is None:
+            # a new checkpoint starts from the tables as they are: its counts add to theirs
+            self.store.save_start(JobState(versions=self.tables.versions()))
         self.counter = make_counter(cfg.job.mode, cfg.job.rsd, self.tables)
         self.mode, self.rsd = self.counter.mode, self.counter.rsd
         self.sinks: list[Sink] = list(sinks or []) + [DeltaMinuteSink(self.tables)]
@@ -191,8 +194,10 @@ class MinuteStatsPipeline:
     def _rebuild(self, st: JobState) -> None:
         """Load the open minutes of state ``st`` from Delta (after a (re)start).
 
-        A checkpoint without state (a first run) starts empty: the Delta tables belong
-        to their checkpoint, and a new checkpoint means a new count.
+        A checkpoint without batches starts with nothing in memory; minutes the tables
+        already hold are restored when a batch touches them (see ``_count``), so a new
+        checkpoint — a backfill, or a stream started afresh — adds to what is stored:
+        users are the union, frames the sum.
         """
         for m in list(self.frames):
             self._evict(m)
@@ -339,9 +344,12 @@ class MinuteStatsPipeline:
 
         # driver: per-minute state, watermark, statuses
         late_minutes = [m for m in touched if is_final(m, wm_prev)]
-        if late_minutes:  # corrections start from what was stored
-            stored = self._stored_minutes([("ts", "in", late_minutes)], st)
-            for m in late_minutes:
+        # corrections, and minutes this run has not seen yet but the tables have (a backfill
+        # over minutes a stream wrote), start from what was stored as of the last batch
+        restore = [m for m in touched if m in late_minutes or m not in self.frames]
+        if restore and st.versions is not None:
+            stored = self._stored_minutes([("ts", "in", restore)], st)
+            for m in restore:
                 row = stored.get(m)
                 self.frames[m] = int(row["frames"]) if row else 0
                 self.counter.restore(m, row)

@@ -21,13 +21,14 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 from doodlestats.window import is_final
 
 __all__ = ["JobState", "StateStore", "LocalFS"]
 
 KEEP = 50  # state files kept (older ones are pruned)
+START = "start.json"
 STATE_DIR = "doodle_state"
 
 
@@ -118,13 +119,23 @@ class StateStore:
         return sorted(int(n[:-5]) for n in self.fs.list(self.dir) if n.endswith(".json") and n[:-5].isdigit())
 
     def load_before(self, batch_id: int) -> JobState:
-        """State after the newest batch older than ``batch_id`` (empty state if none)."""
+        """State after the newest batch older than ``batch_id`` (the start state if none)."""
         older = [i for i in self.ids() if i < batch_id]
-        return self.load(older[-1]) if older else JobState()
+        return self.load(older[-1]) if older else self.start()
 
     def latest(self) -> JobState:
         ids = self.ids()
-        return self.load(ids[-1]) if ids else JobState()
+        return self.load(ids[-1]) if ids else self.start()
+
+    def start(self) -> JobState:
+        """The state before the first batch: empty, or what :meth:`save_start` recorded."""
+        f = f"{self.dir}/{START}"
+        return JobState(**json.loads(self.fs.read_text(f))) if self.fs.exists(f) else JobState()
+
+    def save_start(self, state: JobState) -> None:
+        """Record the state the first batch starts from (a backfill starts from the Delta
+        versions of the moment it began, so its counts are merged with what is there)."""
+        self.fs.write_text(f"{self.dir}/{START}", json.dumps(asdict(replace(state, batch_id=-1))))
 
     def load(self, batch_id: int) -> JobState:
         return JobState(**json.loads(self.fs.read_text(self._file(batch_id))))
