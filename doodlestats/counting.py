@@ -40,7 +40,7 @@ from doodlestats import sketch
 from doodlestats.state import JobState
 from doodlestats.tables import MINUTE_STATS, MINUTE_UIDS, FileMeta, Tables
 
-__all__ = ["Counter", "ExactCounter", "HllCounter", "Partials", "make_counter", "hll_lg_k", "hll_rsd"]
+__all__ = ["Counter", "ExactCounter", "ExactWithSketches", "HllCounter", "Partials", "make_counter", "hll_lg_k", "hll_rsd"]
 
 
 def hll_lg_k(rsd: float) -> int:
@@ -188,9 +188,50 @@ class HllCounter(Counter):
         return len(self.estimates)
 
 
-def make_counter(mode: str, rsd: float, tables: Tables) -> Counter:
+class ExactWithSketches(Counter):
+    """Exact counts, and an HLL sketch per minute as well (``minute_stats.hll``), so the
+    approximate rollups work on tables written in exact mode (the backfill uses it)."""
+
+    mode = "exact"
+
+    def __init__(self, tables: Tables, rsd: float):
+        super().__init__(tables)
+        self.exact, self.hll = ExactCounter(tables), HllCounter(tables, rsd)
+
+    def partials(self, spark, counted, batch_id, state, touched):
+        e = self.exact.partials(spark, counted, batch_id, state, touched)
+        h = self.hll.partials(spark, counted, batch_id, state, touched)
+        e.per_minute = {m: (e.per_minute.get(m, 0), h.per_minute.get(m)) for m in set(e.per_minute) | set(h.per_minute)}
+        return e
+
+    def merge(self, minute, partial):
+        n, sk = partial
+        self.exact.merge(minute, n)
+        if sk is not None:
+            self.hll.merge(minute, sk)
+
+    def restore(self, minute, row):
+        self.exact.restore(minute, row)
+        self.hll.restore(minute, row)
+
+    def unique(self, minute):
+        return self.exact.unique(minute)
+
+    def sketch(self, minute):
+        return self.hll.sketch(minute)
+
+    def evict(self, minute):
+        self.exact.evict(minute)
+        self.hll.evict(minute)
+
+    def open_minutes(self):
+        return self.exact.open_minutes()
+
+
+def make_counter(mode: str, rsd: float, tables: Tables, sketches: bool = False) -> Counter:
+    """The counter of ``mode``; ``sketches``: exact counts with per-minute sketches as well."""
     if mode == "exact":
-        return ExactCounter(tables)
+        return ExactWithSketches(tables, rsd) if sketches else ExactCounter(tables)
     if mode == "approx":
         return HllCounter(tables, rsd)
     raise ValueError(f"mode must be exact or approx, got {mode!r}")

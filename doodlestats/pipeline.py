@@ -162,7 +162,7 @@ class MinuteStatsPipeline:
 
     def __init__(self, spark, cfg: Config, checkpoint: str, delta_root: str,
                  sinks: list[Sink] | None = None, progress: bool = True,
-                 storage_options: dict | None = None, app_id: str = "minute_stats"):
+                 storage_options: dict | None = None, app_id: str = "minute_stats", sketches: bool = False):
         self.spark, self.cfg = spark, cfg
         for k, v in SPARK_SETTINGS.items():
             spark.conf.set(k, v)
@@ -172,7 +172,7 @@ class MinuteStatsPipeline:
         if not self.store.ids() and self.store.start().versions is None:
             # a new checkpoint starts from the tables as they are: its counts add to theirs
             self.store.save_start(JobState(versions=self.tables.versions()))
-        self.counter = make_counter(cfg.job.mode, cfg.job.rsd, self.tables)
+        self.counter = make_counter(cfg.job.mode, cfg.job.rsd, self.tables, sketches)
         self.mode, self.rsd = self.counter.mode, self.counter.rsd
         self.sinks: list[Sink] = list(sinks or []) + [DeltaMinuteSink(self.tables)]
         self.clock = Watermark(cfg.job.watermark_s, cfg.job.idle_partition_s)
