@@ -107,11 +107,12 @@ def _truth_of(truth_path: Path) -> dict | None:
         return None
 
 
-def frames_file(frames: int | None) -> Frames:
+def frames_file(frames: int | None, seed: int | None = None) -> Frames:
     """The benchmark input: the 1M sample (``frames`` None) or N generated frames.
 
     N frames are generated once (same parameters as ``make sample``: rate 1000,
-    users 100k, seed 1) into ``bench/.work/frames-N.jsonl.gz`` with their truth file.
+    users 100k, seed 1, or ``seed``) into ``bench/.work/frames-N.jsonl.gz`` (another
+    seed: ``frames-N-seedS.jsonl.gz``) with their truth file.
     """
     if frames is None:
         if not SAMPLE.exists():
@@ -124,13 +125,16 @@ def frames_file(frames: int | None) -> Frames:
         return Frames(SAMPLE, truth["frames"], truth["bytes"] / max(truth["frames"], 1), SAMPLE_TRUTH)
     if frames < 1:
         raise BenchError("--frames must be >= 1")
-    path = WORK_DIR / f"frames-{frames}.jsonl.gz"
-    truth_path = WORK_DIR / f"frames-{frames}.truth.json"
+    params = {**GEN_PARAMS, **({"seed": seed} if seed is not None else {})}
+    stem = f"frames-{frames}" + ("" if params["seed"] == GEN_PARAMS["seed"] else f"-seed{params['seed']}")
+    path = WORK_DIR / f"{stem}.jsonl.gz"
+    truth_path = WORK_DIR / f"{stem}.truth.json"
     truth = _truth_of(truth_path) if path.exists() else None
-    if truth is None or truth.get("frames") != frames:
+    if truth is None or truth.get("frames") != frames or \
+            (truth.get("params") or {}).get("seed", params["seed"]) != params["seed"]:
         from tools.generator import GenConfig, write
-        say(f"generating {frames:,} frames into {path.relative_to(REPO_ROOT)}")
-        truth = write(GenConfig(count=frames, **GEN_PARAMS), str(path), str(truth_path), progress=False)
+        say(f"generating {frames:,} frames (seed {params['seed']}) into {path.relative_to(REPO_ROOT)}")
+        truth = write(GenConfig(count=frames, **params), str(path), str(truth_path), progress=False)
     return Frames(path, frames, truth["bytes"] / max(frames, 1), truth_path)
 
 
@@ -253,6 +257,48 @@ def prepare_topic(cfg, frames: Frames, topic: str, key: str = "uid") -> dict:
     return {"topic": topic, "loaded": True, "load_s": round(dt, 1), "partitions": partitions}
 
 
+def produce(cfg, topic: str, lines, partitions: int | None = None) -> int:
+    """Produce each item of ``lines`` (bytes, any content) as one unkeyed message into
+    ``topic`` (created with ``partitions``, default ``[kafka] input_partitions``, if
+    missing), with the loader's producer settings. Returns the messages delivered; a
+    delivery failure raises :class:`BenchError`."""
+    from confluent_kafka import Producer
+
+    from tools.kafka_local import ensure_topic
+    ensure_topic(cfg, topic, partitions or cfg.kafka.input_partitions)
+    failures: list[str] = []
+
+    def on_delivery(err, _msg):
+        if err is not None:
+            failures.append(str(err))
+
+    p = Producer({"bootstrap.servers": cfg.kafka.bootstrap_servers, "linger.ms": 20, "batch.size": 1 << 20,
+                  "compression.type": "none", "queue.buffering.max.messages": 500_000,
+                  "queue.buffering.max.kbytes": 1 << 20, "enable.idempotence": True})
+    n = 0
+    for value in lines:
+        while True:
+            try:
+                p.produce(topic, value, on_delivery=on_delivery)
+                break
+            except BufferError:
+                p.poll(0.05)
+        n += 1
+        if n % 10_000 == 0:
+            p.poll(0)
+    left = p.flush(120)
+    if failures or left:
+        raise BenchError(f"producing into {topic}: {left} undelivered, {len(failures)} failed "
+                         f"({failures[0] if failures else 'flush timed out'})")
+    return n
+
+
+def topic_messages(cfg, topic: str) -> int:
+    """Messages in ``topic`` (sum of its partitions' end offsets; 0 if it does not exist)."""
+    from tools.loader import topic_end_offsets
+    return topic_end_offsets(cfg.kafka.bootstrap_servers, topic)
+
+
 # --------------------------------------------------------------------------- processes
 class RssSampler:
     """Samples the summed RSS of a process tree (root + all descendants) every ``interval`` s.
@@ -309,6 +355,7 @@ class ProcResult:
     peak_rss_mb: float
     stdout: Path
     stderr: Path
+    cpu_s: float | None = None  # CPU (user + system) of the whole process tree, once it was reaped
 
     def tail(self, n: int = 15) -> str:
         try:
@@ -336,13 +383,25 @@ def event_log_flags(dirpath: Path) -> list[str]:
             "--conf", "spark.eventLog.compress=false", "--conf", "spark.eventLog.rolling.enabled=false"]
 
 
+def _children_cpu() -> float:
+    import resource
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return ru.ru_utime + ru.ru_stime
+
+
 def run_process(cmd: Sequence[str], log_dir: Path, name: str, env: dict | None = None,
                 timeout: float | None = None) -> ProcResult:
     """Run ``cmd`` in its own process group with stdout/stderr to ``log_dir/name.{out,err}``,
-    sampling the RSS of its process tree. On timeout the whole group is killed."""
+    sampling the RSS of its process tree. On timeout the whole group is killed.
+
+    ``cpu_s`` is the CPU time of the whole tree: this process's reaped-children rusage
+    before and after (each process of the tree is reaped by its parent, so the JVM, the
+    Python driver and the pyspark workers all count; the run must be the only child
+    that ends meanwhile, which it is: rows run one after another)."""
     log_dir.mkdir(parents=True, exist_ok=True)
     out, err = log_dir / f"{name}.out", log_dir / f"{name}.err"
     full_env = {**os.environ, **(env or {})}
+    cpu0 = _children_cpu()
     t0 = time.monotonic()
     with open(out, "wb") as fo, open(err, "wb") as fe:
         proc = subprocess.Popen(list(map(str, cmd)), stdout=fo, stderr=fe, stdin=subprocess.DEVNULL,
@@ -357,7 +416,8 @@ def run_process(cmd: Sequence[str], log_dir: Path, name: str, env: dict | None =
             except BaseException:
                 kill_group(proc)
                 raise
-    return ProcResult(list(map(str, cmd)), rc, round(time.monotonic() - t0, 2), rss.peak_mb, out, err)
+    return ProcResult(list(map(str, cmd)), rc, round(time.monotonic() - t0, 2), rss.peak_mb, out, err,
+                      round(_children_cpu() - cpu0, 2))
 
 
 def kill_group(proc: subprocess.Popen) -> None:

@@ -5,8 +5,9 @@ Run a job with ``spark.eventLog.enabled=true`` (``bench.common.event_log_flags``
     python -m bench.eventlog bench/.work/runs/job_exact/eventlog
 
 Per SQL execution (one DataFrame action, a Delta command, ...) it sums the task
-metrics — executor run time, CPU time, GC time, records and bytes read from Kafka —
-and sorts them into categories by their physical plan and description:
+metrics — executor run time, CPU time, GC time, records and bytes read from Kafka, and
+the size of the task results sent to the driver (``Result Size``) — and sorts them into
+categories by their physical plan and description:
 
 ``read/parse/count``   executions reading the micro-batch or its cache: the first pass
                         fetches from Kafka, parses and caches; later passes (guard,
@@ -17,6 +18,11 @@ and sorts them into categories by their physical plan and description:
 
 ``driver-only`` is the part of the span (first → last job) when no Spark job ran at
 all: Python driver work, planning, Delta log handling, Kafka publishing.
+
+``result_bytes`` is what the driver received from the executors: the sum of every
+task's serialized result (``Result Size``: the rows a ``collect`` brings back, or a
+task's status and accumulator updates when it returns no rows), over all tasks and
+per category.
 """
 
 from __future__ import annotations
@@ -113,6 +119,7 @@ def analyse(path: Path) -> dict:
                 t["cpu_s"] += m.get("Executor CPU Time", 0) / 1e9
                 t["gc_s"] += m.get("JVM GC Time", 0) / 1e3
                 t["deser_s"] += m.get("Executor Deserialize Time", 0) / 1e3
+                t["result_bytes"] += m.get("Result Size", 0)
                 inp = m.get("Input Metrics") or {}
                 t["records_read"] += inp.get("Records Read", 0)
                 t["bytes_read"] += inp.get("Bytes Read", 0)
@@ -158,9 +165,20 @@ def analyse(path: Path) -> dict:
         "task_run_s": round(total_run, 2),
         "task_cpu_s": round(sum(t["cpu_s"] for t in tasks.values()), 2),
         "task_gc_s": round(sum(t["gc_s"] for t in tasks.values()), 2),
+        "tasks": int(sum(t["tasks"] for t in tasks.values())),
+        "result_bytes": int(sum(t["result_bytes"] for t in tasks.values())),
         "categories": {c: {k: round(v, 2) for k, v in d.items()} for c, d in by_cat.items() if d},
         "top_executions": rows[:12],
     }
+
+
+def fmt_bytes(n: float) -> str:
+    """``1536`` → ``1.5 KB``; powers of 1024."""
+    for unit in ("B", "KB", "MB", "GB"):
+        if abs(n) < 1024 or unit == "GB":
+            return f"{n:,.0f} {unit}" if unit == "B" else f"{n:,.1f} {unit}"
+        n /= 1024
+    return f"{n:,.1f} GB"
 
 
 def render(summary: dict) -> str:
@@ -169,15 +187,18 @@ def render(summary: dict) -> str:
     out = [f"event log {s['log']}",
            f"span {s['span_s']:.1f}s: Spark jobs running {s['jobs_busy_s']:.1f}s ({s['jobs']} jobs), "
            f"driver-only {s['driver_only_s']:.1f}s; task time {s['task_run_s']:.1f}s "
-           f"(CPU {s['task_cpu_s']:.1f}s, GC {s['task_gc_s']:.1f}s)",
-           f"{'category':<20} {'execs':>5} {'tasks':>6} {'run s':>7} {'cpu s':>7} {'gc s':>6} {'records':>10}"]
+           f"(CPU {s['task_cpu_s']:.1f}s, GC {s['task_gc_s']:.1f}s); task results to the driver "
+           f"{fmt_bytes(s.get('result_bytes', 0))}",
+           f"{'category':<20} {'execs':>5} {'tasks':>6} {'run s':>7} {'cpu s':>7} {'gc s':>6} {'records':>10} "
+           f"{'results':>9}"]
     for c, d in s["categories"].items():
         out.append(f"{c:<20} {d.get('executions', 0):>5.0f} {d.get('tasks', 0):>6.0f} {d.get('run_s', 0):>7.1f} "
-                   f"{d.get('cpu_s', 0):>7.1f} {d.get('gc_s', 0):>6.1f} {d.get('records_read', 0):>10,.0f}")
+                   f"{d.get('cpu_s', 0):>7.1f} {d.get('gc_s', 0):>6.1f} {d.get('records_read', 0):>10,.0f} "
+                   f"{fmt_bytes(d.get('result_bytes', 0)):>9}")
     out.append("top executions by task time:")
     for r in s["top_executions"][:8]:
         out.append(f"  #{r['execution']:<4} {r['category']:<19} run {r['run_s']:>6.1f}s cpu {r['cpu_s']:>6.1f}s "
-                   f"tasks {r['tasks']:>3.0f}  {r['desc']}")
+                   f"tasks {r['tasks']:>3.0f} results {fmt_bytes(r.get('result_bytes', 0)):>8}  {r['desc']}")
     return "\n".join(out)
 
 

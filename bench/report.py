@@ -1,6 +1,8 @@
 """Results of a benchmark run: the issue's targets, a markdown report, a bar chart, the
 table on stderr, and the section of README.md between ``<!-- bench:start -->`` and
-``<!-- bench:end -->``.
+``<!-- bench:end -->``. Also what the driver and the executors cost per 1M frames
+(:func:`cost_rows`), the poison rows, and a projection to more executor cores
+(:func:`projection` — computed from measured CPU seconds, not measured itself).
 
     from bench.report import update_readme_section
     update_readme_section(result)        # result: the dict of bench/results/<date>.json
@@ -10,6 +12,7 @@ table on stderr, and the section of README.md between ``<!-- bench:start -->`` a
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from pathlib import Path
@@ -26,6 +29,18 @@ ROW_MEANING = {
     "job_exact": "product job, exact, JVM parser",
     "job_approx": "product job, approx (HLL), JVM parser",
 }
+COST_ROWS = ("naive_spark", "job_exact", "job_approx")
+PER = 1_000_000
+PROJECTION_CORES = (2, 8, 32, 128)
+SIZING_RATES = (100_000, 1_000_000, 10_000_000)
+BACKFILL_RATE, BACKFILL_DAYS = 47_404, 730   # two years of history at the sample's mean rate
+DRIVER_NOTE = ("Driver CPU = the Python driver process + (the spark-submit JVM − the tasks' executor CPU "
+               "time): an approximation. In local mode that JVM also runs the executors, so their JIT "
+               "compilation, garbage-collection and Kafka client threads count as driver CPU here (an upper "
+               "bound of the driver's share); executor CPU = the tasks' `Executor CPU Time` from Spark's event "
+               "log (a lower bound of the executors' share). Bytes to the driver = the sum of every task's "
+               "`Result Size` (event log). Per 1M = value × 1,000,000 / the run's frames; a one-shot run "
+               "includes the JVM's, the session's and the query's start-up.")
 
 
 # --------------------------------------------------------------------------- targets
@@ -78,6 +93,263 @@ def evaluate_targets(rows: list[dict], latency: dict | None = None, watermark_s:
                             "margin": (f"met: p99 {p99:.2f}s ({limit - p99:.2f}s to spare)" if met else
                                        f"missed: p99 {p99:.2f}s, {p99 - limit:.2f}s over")})
     return out
+
+
+# --------------------------------------------------------------------------- costs
+def _cost_entry(r: dict, label: str) -> dict:
+    c = r["cost"]
+    per, pb = c.get("per_1m") or {}, c.get("per_batch") or {}
+    return {"row": r["name"], "label": label, "frames": c.get("frames"), "batches": c.get("batches"),
+            "driver_rows": c.get("driver_rows"), "driver_rows_per_batch": pb.get("driver_rows"),
+            "result_bytes": c.get("result_bytes"), "result_bytes_per_1m": per.get("result_bytes"),
+            "result_bytes_by_category": c.get("result_bytes_by_category"),
+            "driver_cpu_s": c.get("driver_cpu_s"), "executor_cpu_s": c.get("executor_cpu_s"),
+            "python_driver_cpu_s": c.get("python_driver_cpu_s"), "jvm_cpu_s": c.get("jvm_cpu_s"),
+            "tree_cpu_s": c.get("tree_cpu_s"),
+            "driver_cpu_s_per_1m": per.get("driver_cpu_s"), "executor_cpu_s_per_1m": per.get("executor_cpu_s"),
+            "python_driver_cpu_s_per_1m": per.get("python_driver_cpu_s"),
+            "tree_cpu_s_per_1m": per.get("tree_cpu_s"), "driver_cpu_s_per_batch": pb.get("driver_cpu_s")}
+
+
+def cost_rows(result: dict) -> list[dict]:
+    """Driver and executor costs of the job runs: the job rows, the backlog, the poison rows."""
+    out = []
+    for r in result.get("results") or []:
+        if r["name"] in COST_ROWS and r.get("cost"):
+            out.append(_cost_entry(r, ""))
+    b = result.get("backlog")
+    if b and b.get("cost"):
+        out.append(_cost_entry(b, "job_exact, more batches"))
+    for k, label in (("replay", "every frame late"), ("garbage", "every frame malformed")):
+        p = (result.get("poison") or {}).get(k)
+        if p and p.get("cost"):
+            out.append(_cost_entry(p, label))
+    return out
+
+
+def _bytes(n) -> str:
+    if n is None:
+        return "–"
+    for unit in ("B", "KB", "MB", "GB"):
+        if abs(n) < 1024 or unit == "GB":
+            return f"{n:,.0f} {unit}" if unit == "B" else f"{n:,.1f} {unit}"
+        n /= 1024
+    return "–"
+
+
+def _size(n: float) -> str:
+    """Decimal units for large volumes: 6.3 PB."""
+    for unit in ("B", "KB", "MB", "GB", "TB", "PB"):
+        if n < 1000 or unit == "PB":
+            return f"{n:,.1f} {unit}"
+        n /= 1000
+    return "–"
+
+
+def _f(x, nd: int = 1) -> str:
+    return "–" if x is None else f"{x:,.{nd}f}"
+
+
+def cost_md(costs: list[dict]) -> str:
+    lines = ["| run | frames | batches | rows to driver (per batch) | bytes to driver (per 1M frames) "
+             "| driver CPU s per 1M | executor CPU s per 1M | whole tree CPU s per 1M "
+             "| driver CPU s per batch (start-up incl.) |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for c in costs:
+        rows = (f"{fmt_int(c['driver_rows'])} ({fmt_int(c['driver_rows_per_batch'])})"
+                if c.get("driver_rows") is not None else "–")
+        label = f" ({c['label']})" if c["label"] else ""
+        lines.append(f"| `{c['row']}`{label} | {fmt_int(c['frames'])} "
+                     f"| {fmt_int(c['batches'])} | {rows} "
+                     f"| {_bytes(c['result_bytes'])} ({_bytes(c['result_bytes_per_1m'])}) "
+                     f"| {_f(c['driver_cpu_s_per_1m'])} | {_f(c['executor_cpu_s_per_1m'])} "
+                     f"| {_f(c['tree_cpu_s_per_1m'])} | {_f(c['driver_cpu_s_per_batch'])} |")
+    return "\n".join(lines)
+
+
+def poison_md(poison: dict) -> str:
+    lines = ["| poison row | what | finished | frames | frames/s | query s | wall s | peak RSS MB (whole tree) "
+             "| quarantine | expected |", "|---|---|---|---:|---:|---:|---:|---:|---|---|"]
+    what = {"replay": "the input again after every minute is final: every frame late",
+            "garbage": "lines of ~2 KB that are not JSON"}
+    for k in ("replay", "garbage"):
+        r = poison.get(k)
+        if not r:
+            continue
+        if r.get("error"):
+            lines.append(f"| `{k}` | {what[k]} | ❌ step failed: {str(r['error'])[:100]} | | | | | | | |")
+            continue
+        fin = "✅ exit 0" if r.get("finished") else f"❌ exit {r.get('exit')}"
+        q = ", ".join(f"{a} {fmt_int(b)}" for a, b in sorted((r.get("quarantine") or {}).items())) or "–"
+        exp = ", ".join(f"{a} {fmt_int(b)}" for a, b in (r.get("quarantine_expected") or {}).items())
+        ok = "✅" if r.get("quarantine_ok") else "❌"
+        lines.append(f"| `{k}` | {what[k]} | {fin} | {fmt_int(r.get('frames'))} | {fmt_int(r.get('frames_per_s'))} "
+                     f"| {_f(r.get('query_s'))} | {_f(r.get('wall_s'))} | {fmt_int(r.get('peak_rss_mb'))} "
+                     f"| {q} | {ok} {exp} |")
+    rp = poison.get("replay") or {}
+    if rp.get("first_run"):
+        f = rp["first_run"]
+        lines += ["", f"replay, first run (fresh topic, before the frames were sent again): "
+                      f"{fmt_int(f.get('frames'))} frames, {fmt_int(f.get('frames_per_s'))} frames/s, "
+                      f"peak RSS {fmt_int(f.get('peak_rss_mb'))} MB."]
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- projection
+def _row(result: dict, name: str) -> dict | None:
+    return next((r for r in result.get("results") or [] if r["name"] == name and r.get("cost")), None)
+
+
+def projection(result: dict, max_offsets_per_trigger: int = 1_000_000) -> dict | None:
+    """Throughput with more executor cores and the cores a rate needs — a projection from
+    the measured CPU seconds, not a measurement.
+
+    Basis: the marginal cost of more frames — (backlog − job_exact) / (their frames
+    difference), both exact mode — when both ran, so the one-off start-up of a run cancels;
+    else job_exact's (or the backlog's) own per-1M figures, start-up included. Model:
+
+    * executors: ``E`` CPU s per 1M frames → ``1e6 / E`` frames/s per core, linear in the
+      cores (every frame's work is per task; needs at least as many Kafka partitions /
+      ``min_partitions`` as cores, and brokers that deliver the bytes);
+    * driver: ``D`` CPU s per 1M frames on one core → it is the limit from
+      ``1e6 / D`` frames/s (driver CPU per second of input ≥ 1 core).
+    """
+    job, bl = _row(result, "job_exact"), result.get("backlog")
+    bl = bl if bl and bl.get("cost") and bl["cost"].get("executor_cpu_s") is not None else None
+    frame_bytes = result.get("frame_bytes") or 0
+    out: dict = {"note": "projection from measured CPU seconds, not a measurement"}
+    jc, bc = (job or {}).get("cost") or {}, (bl or {}).get("cost") or {}
+    need = ("executor_cpu_s", "driver_cpu_s", "python_driver_cpu_s")
+    E = D = P = Db = None
+    if job and bl and all(jc.get(k) is not None and bc.get(k) is not None for k in need) \
+            and bc["frames"] > jc["frames"]:
+        df = bc["frames"] - jc["frames"]
+        E = (bc["executor_cpu_s"] - jc["executor_cpu_s"]) / df * PER
+        D = (bc["driver_cpu_s"] - jc["driver_cpu_s"]) / df * PER
+        P = (bc["python_driver_cpu_s"] - jc["python_driver_cpu_s"]) / df * PER
+        if E > 0 and D > 0:
+            db = (bc.get("batches") or 0) - (jc.get("batches") or 0)
+            Db = (bc["driver_cpu_s"] - jc["driver_cpu_s"]) / db if db > 0 else None
+            out["basis"] = (f"marginal cost: backlog ({bc['frames']:,} frames, {_n(bc['batches'], 'batch')}) "
+                            f"− job_exact ({jc['frames']:,} frames, {_n(jc['batches'], 'batch')}), "
+                            "so the one-off start-up of a run cancels")
+            out["startup_driver_cpu_s"] = round(jc["driver_cpu_s"] - D * jc["frames"] / PER, 2)
+            out["startup_executor_cpu_s"] = round(jc["executor_cpu_s"] - E * jc["frames"] / PER, 2)
+        else:
+            E = D = P = None
+            out["basis_note"] = "the marginal cost came out ≤ 0 (noise); using the backlog run's own figures"
+    if E is None:
+        src, c = (("backlog", bc) if bl else ("job_exact", jc))
+        if not c or any(c.get(k) is None for k in need) or not c.get("frames"):
+            return None
+        E, D, P = (c[k] / c["frames"] * PER for k in need)
+        Db = c["driver_cpu_s"] / c["batches"] if c.get("batches") else None
+        out["basis"] = (f"{src} alone ({c['frames']:,} frames, {_n(c['batches'], 'batch')}), start-up included: "
+                        "an upper bound of the cost per frame")
+    E_hi = E + max(D - P, 0.0)   # the JVM's other CPU (JIT, GC, Kafka threads) counted as executor CPU
+    per_core = PER / E
+    drv_limit = PER / D
+    out.update({
+        "executor_cpu_s_per_1m": round(E, 3), "driver_cpu_s_per_1m": round(D, 3),
+        "python_driver_cpu_s_per_1m": round(P, 3), "executor_cpu_s_per_1m_upper": round(E_hi, 3),
+        "driver_cpu_s_per_batch": round(Db, 3) if Db is not None else None,
+        "batch_frames": max_offsets_per_trigger, "frame_bytes": frame_bytes,
+        "frames_per_s_per_core": round(per_core, 1), "driver_limit_frames_per_s": round(drv_limit, 1),
+        # the other extreme: all of the JVM's non-task CPU belongs to the executors
+        "driver_limit_python_only_frames_per_s": round(PER / P, 1) if P > 0 else None,
+        "driver_limit_from_cores": math.ceil(drv_limit / per_core),
+    })
+    out["measured_2_cores_frames_per_s"] = (job or {}).get("frames_per_s")
+    cores = []
+    for n in PROJECTION_CORES:
+        rx = n * per_core
+        r = min(rx, drv_limit)
+        cores.append({"cores": n, "executor_bound_frames_per_s": round(rx, 1), "frames_per_s": round(r, 1),
+                      "limited_by": "driver" if drv_limit < rx else "executors",
+                      "driver_cores_busy": round(r * D / PER, 2), "kafka_mb_per_s": round(r * frame_bytes / 1e6, 1)})
+    out["cores"] = cores
+    sizing = []
+    for rate in SIZING_RATES:
+        dc = rate * D / PER
+        sizing.append({"frames_per_s": rate, "executor_cores": math.ceil(rate * E / PER),
+                       "executor_cores_upper": math.ceil(rate * E_hi / PER), "driver_cores": round(dc, 2),
+                       "jobs_needed": max(1, math.ceil(dc)), "kafka_gb_per_s": round(rate * frame_bytes / 1e9, 2)})
+    out["sizing"] = sizing
+    total = BACKFILL_RATE * 86_400 * BACKFILL_DAYS
+    bf = {"frames_per_s": BACKFILL_RATE, "days": BACKFILL_DAYS, "frames": total,
+          "executor_core_hours": round(total * E / PER / 3600),
+          "executor_core_hours_upper": round(total * E_hi / PER / 3600),
+          "driver_core_hours": round(total * D / PER / 3600), "batches": math.ceil(total / max_offsets_per_trigger),
+          "bytes": round(total * frame_bytes)}
+    bf["core_hours"] = bf["executor_core_hours"] + bf["driver_core_hours"]
+    bf["wall_days"] = {str(c["cores"]): round(total / c["frames_per_s"] / 86_400, 1) for c in cores}
+    out["backfill"] = bf
+    return out
+
+
+def _n(k, word: str) -> str:
+    k = k or 0
+    return f"{k:,} {word}" + ("" if k == 1 else "es" if word.endswith(("s", "sh", "ch", "x")) else "s")
+
+
+def _rate_str(x: float) -> str:
+    return f"{x / 1e6:,.2f}M" if x >= 1e6 else f"{x / 1e3:,.0f}k" if x >= 1e4 else f"{x:,.0f}"
+
+
+def projection_md(p: dict | None) -> str:
+    if not p:
+        return "No projection: needs job_exact (and ideally the backlog row) with the event log (not --no-profile)."
+    bf = p["backfill"]
+    lines = [
+        "**A projection, not a measurement**: computed from the CPU seconds measured above on this machine, "
+        "assuming the executors' work grows linearly with their cores (every frame's work runs in a Spark task; "
+        "enough Kafka partitions / `min_partitions` for the cores; brokers, network and storage keep up) and "
+        "that the driver's per-batch work runs on one core.", "",
+        f"- basis: {p['basis']}" + (f" ({p['basis_note']})" if p.get("basis_note") else ""),
+        f"- executor CPU {p['executor_cpu_s_per_1m']:,.2f} s per 1M frames → {fmt_int(p['frames_per_s_per_core'])} "
+        f"frames/s per executor core (upper bound of the cost, with the JVM's JIT/GC/Kafka threads moved from "
+        f"the driver to the executors: {p['executor_cpu_s_per_1m_upper']:,.2f} s)",
+        f"- driver CPU {p['driver_cpu_s_per_1m']:,.2f} s per 1M frames (of which the Python driver "
+        f"{p['python_driver_cpu_s_per_1m']:,.2f} s)"
+        + (f", {p['driver_cpu_s_per_batch']:,.2f} s per batch of up to {p['batch_frames']:,} frames"
+           if p.get("driver_cpu_s_per_batch") is not None else "")
+        + f" → the driver becomes the limit at **{fmt_int(p['driver_limit_frames_per_s'])} frames/s** "
+          f"(driver CPU per second of input ≥ 1 core), "
+          + (f"i.e. from {_n(p['driver_limit_from_cores'], 'executor core')} on"
+             if p["driver_limit_from_cores"] > 1 else "below what one executor core delivers"),
+    ]
+    if p.get("driver_limit_python_only_frames_per_s"):
+        lines.append(f"- if all of the JVM's CPU besides its tasks were executor work (the other extreme of the "
+                     f"approximation), the Python driver alone would be the limit at "
+                     f"{fmt_int(p['driver_limit_python_only_frames_per_s'])} frames/s")
+    if p.get("startup_driver_cpu_s") is not None:
+        lines.append(f"- one-off start-up of a run (JVM, session, query): ~{p['startup_driver_cpu_s']:.1f} s "
+                     f"driver CPU, ~{p['startup_executor_cpu_s']:.1f} s executor CPU")
+    if p.get("measured_2_cores_frames_per_s"):
+        lines.append(f"- measured here (local[2]: driver and executors share the 2 cores, one cold batch): "
+                     f"{fmt_int(p['measured_2_cores_frames_per_s'])} frames/s")
+    lines += ["", "| executor cores | projected frames/s | limited by | driver cores busy | Kafka input MB/s |",
+              "|---:|---:|---|---:|---:|"]
+    for c in p["cores"]:
+        lines.append(f"| {c['cores']} | {fmt_int(c['frames_per_s'])} | {c['limited_by']} "
+                     f"| {c['driver_cores_busy']:.2f} | {fmt_int(c['kafka_mb_per_s'])} |")
+    lines += ["", "Sizing for live rates (CPU at 100 %: add headroom for peaks, GC and restarts):", "",
+              "| live frames/s | executor cores | upper bound | driver CPU (cores) | jobs (one driver core each) "
+              "| Kafka input GB/s |", "|---:|---:|---:|---:|---:|---:|"]
+    for z in p["sizing"]:
+        lines.append(f"| {_rate_str(z['frames_per_s'])} | {fmt_int(z['executor_cores'])} "
+                     f"| {fmt_int(z['executor_cores_upper'])} | {z['driver_cores']:,.2f} | {z['jobs_needed']:,} "
+                     f"| {z['kafka_gb_per_s']:.2f} |")
+    lines += ["", "More than one job means splitting the topic's partitions between jobs; their exact counts of one "
+                  "minute then need a union of their `minute_uids` (approx sketches merge directly).", "",
+              f"Two-year backfill at {BACKFILL_RATE:,} frames/s ({BACKFILL_RATE:,} × 86,400 × {BACKFILL_DAYS} = "
+              f"{bf['frames']:,} frames, {_size(bf['bytes'])} of JSON, {bf['batches']:,} batches of "
+              f"{p['batch_frames']:,}): **{fmt_int(bf['core_hours'])} core-hours** = executors "
+              f"{fmt_int(bf['executor_core_hours'])} (upper bound {fmt_int(bf['executor_core_hours_upper'])}) + driver "
+              f"{fmt_int(bf['driver_core_hours'])}; wall time "
+              + ", ".join(f"{d:,.1f} days with {n} executor cores" for n, d in bf["wall_days"].items())
+              + " (as projected above)."]
+    return "\n".join(lines)
 
 
 # --------------------------------------------------------------------------- text
@@ -170,6 +442,20 @@ def markdown(result: dict) -> str:
            "excluded, it is in wall s). Each row ran in interleaved rounds; the median run is shown "
            "(query s, wall s and RSS are that run's). Peak RSS: the whole process tree (JVM + Python).", "",
            "## Targets", "", targets_md(result["targets"])]
+    if result.get("costs"):
+        out += ["", "## What the driver receives, driver and executor CPU", "", cost_md(result["costs"]), "",
+                DRIVER_NOTE]
+        cats = next((c.get("result_bytes_by_category") for c in result["costs"] if c["row"] == "job_exact"), None)
+        if cats:
+            out += ["", "job_exact, bytes to the driver by kind of Spark job: "
+                    + ", ".join(f"{k} {_bytes(v)}" for k, v in cats.items()) + "."]
+    if result.get("poison"):
+        out += ["", "## Poison: replay of final minutes, garbage burst", "",
+                "The job's default driver memory (`[spark] driver_memory`); peak RSS is the whole process tree "
+                "(spark-submit's JVM — driver and, in local mode, executors — the Python driver, pyspark workers).",
+                "", poison_md(result["poison"])]
+    if result.get("projection") is not None or result.get("costs"):
+        out += ["", "## Scale-out: a projection", "", projection_md(result.get("projection"))]
     if result.get("parsers"):
         out += ["", "## Parse paths (Spark, parse-only)", "", parsers_md(result["parsers"])]
     if result.get("formats"):
@@ -187,6 +473,15 @@ def readme_markdown(result: dict, link: str | None = None) -> str:
            f"~{result['frame_bytes']:,.0f} B. `make bench` reproduces it (details: `bench/README.md`"
            + (f", full report: `{link}`" if link else "") + ").", "", table_md(result), "",
            targets_md(result["targets"])]
+    if result.get("costs"):
+        out += ["", "What the driver receives and what each side burns, per 1M frames:", "", cost_md(result["costs"]),
+                "", DRIVER_NOTE]
+    if result.get("poison"):
+        out += ["", "Poison (default driver memory; peak RSS of the whole process tree):", "",
+                poison_md(result["poison"])]
+    if result.get("projection"):
+        out += ["", "Scale-out — a projection from the CPU seconds above, not a measurement:", "",
+                projection_md(result["projection"])]
     return "\n".join(out)
 
 
@@ -222,6 +517,23 @@ def text_table(result: dict) -> str:
                      f"{r.get('wall_s', 0):>7.1f} {fmt_int(r.get('peak_rss_mb')):>7}  {_runs(r)}")
     for t in result["targets"]:
         lines.append(f"{_mark(t['met']):<9} {t['target']}: {t['margin']}")
+    for c in result.get("costs") or []:
+        rows_1m = (c["driver_rows"] or 0) * PER / max(c["frames"] or 1, 1)
+        lines.append(f"cost {c['row']:<12} per 1M frames: driver rows {fmt_int(rows_1m)}, "
+                     f"bytes {_bytes(c['result_bytes_per_1m'])}, driver CPU {_f(c['driver_cpu_s_per_1m'])}s, "
+                     f"executor CPU {_f(c['executor_cpu_s_per_1m'])}s ({fmt_int(c['batches'])} batches)")
+    for k, r in (result.get("poison") or {}).items():
+        if r.get("error"):
+            lines.append(f"poison {k}: step failed: {r['error']}")
+        else:
+            lines.append(f"poison {k}: {'finished' if r.get('finished') else 'DID NOT FINISH'}, "
+                         f"{fmt_int(r.get('frames_per_s'))} frames/s, peak RSS {fmt_int(r.get('peak_rss_mb'))} MB, "
+                         f"quarantine {r.get('quarantine')} {'ok' if r.get('quarantine_ok') else 'NOT ok'}")
+    p = result.get("projection")
+    if p:
+        lines.append(f"projection: {fmt_int(p['frames_per_s_per_core'])} frames/s per executor core; driver limit "
+                     f"{fmt_int(p['driver_limit_frames_per_s'])} frames/s; two-year backfill "
+                     f"{fmt_int(p['backfill']['core_hours'])} core-hours")
     return "\n".join(lines)
 
 

@@ -2,6 +2,8 @@
 
     python -m bench.run                      # `make bench`: the 1M-frame sample (make sample)
     python -m bench.run --frames 20000 --smoke   # `make bench-smoke`: CI, a few minutes
+    python -m bench.run --frames 20000 --smoke --rows job_exact --skip-parsers --skip-latency \
+        --backlog-frames 60000 --garbage-frames 2000     # only the backlog and poison rows
 
 Steps (progress on stderr, the result table on stdout):
 
@@ -12,10 +14,18 @@ Steps (progress on stderr, the result table on stdout):
 2. throughput rows, one process each: read_ceiling, old_consumer, naive_spark,
    job_exact, job_approx (``bench/rows.py``), in interleaved rounds (``--repeat``,
    default 3): the median run of each row is reported, with every run's frames/s.
+   Job rows also record what the driver received (rows, bytes) and the driver's and
+   executors' CPU seconds (``bench.rows.job_cost``).
+   Then, once each: ``backlog`` (job_exact on ``--backlog-frames`` generated frames,
+   seed 3, topic ``bench-<N>``; default 3M, off with ``--smoke``), and the poison rows
+   (``--no-poison`` skips them): ``replay`` (the input twice into a fresh topic, the job
+   after each load: the second run's frames are all late) and ``garbage``
+   (``--garbage-frames`` lines of ~2 KB that are not JSON).
 3. parse paths in Spark and JSON vs Avro (``bench/parsers.py``, ``bench/formats.py``)
    unless ``--skip-parsers``.
 4. live latency (``bench/latency.py``) unless ``--skip-latency``.
-5. ``bench/results/<date>.{json,md,png}`` and the README section between
+5. ``bench/results/<date>.{json,md,png}`` — with the costs per 1M frames and a projection
+   to more executor cores (``bench.report.projection``) — and the README section between
    ``<!-- bench:start -->``/``<!-- bench:end -->`` (``--smoke``: ``bench/.work/smoke/``,
    README untouched).
 
@@ -37,6 +47,8 @@ from bench.common import (REPO_ROOT, RESULTS_DIR, WORK_DIR, BenchError, broker, 
                           machine_info, prepare_topic, read_lines, run_process, say, spark_cmd)
 
 QUIET_LOAD = 1.5
+BACKLOG_FRAMES, BACKLOG_SEED = 3_000_000, 3
+GARBAGE_FRAMES, SMOKE_GARBAGE = 1_000_000, 2_000
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -46,11 +58,18 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--smoke", action="store_true",
                     help="quick check (CI): short latency run, one repetition, results to bench/.work/smoke/")
     ap.add_argument("--rows", default=",".join(_rows()),
-                    help="comma-separated throughput rows to run (default: all)")
+                    help="comma-separated throughput rows to run (default: all; 'none': no throughput rows)")
     ap.add_argument("--repeat", type=int, help="runs of each throughput row, interleaved; the median run "
                                                "(by frames/s) is reported (default 3, --smoke 1)")
     ap.add_argument("--skip-parsers", action="store_true", help="skip the parse-path and format comparison")
     ap.add_argument("--skip-latency", action="store_true", help="skip the live latency run")
+    ap.add_argument("--backlog-frames", type=int,
+                    help=f"frames of the backlog row (job_exact on generated frames, seed {BACKLOG_SEED}); "
+                         f"0: no backlog row (default {BACKLOG_FRAMES:,}, --smoke 0)")
+    ap.add_argument("--poison", action=argparse.BooleanOptionalAction, default=True,
+                    help="run the poison rows: replay of final minutes, garbage burst (default: on)")
+    ap.add_argument("--garbage-frames", type=int,
+                    help=f"garbage lines of the poison row (default {GARBAGE_FRAMES:,}, --smoke {SMOKE_GARBAGE:,})")
     ap.add_argument("--parser-frames", type=int, default=200_000, help="frames for the parse paths (200000)")
     ap.add_argument("--latency-duration", type=float, help="live replay seconds (default 150, --smoke 40)")
     ap.add_argument("--key", choices=["uid", "none"], default="uid",
@@ -88,6 +107,7 @@ def run_parsers(input_path: Path, limit: int, repeat: int, work: Path) -> dict:
 
 def where_time_goes(rows: list[dict]) -> str:
     """Plain-text evidence: per-step timings and the event-log breakdown of the Spark rows."""
+    from bench.eventlog import fmt_bytes, render
     out = []
     for r in rows:
         if r.get("error"):
@@ -103,12 +123,17 @@ def where_time_goes(rows: list[dict]) -> str:
             runs = f" ({r['runs_in_eventlog']} runs)" if r.get("runs_in_eventlog", 1) > 1 else ""
             out.append(f"{r['name']}: event log{runs}: jobs running {ev['jobs_busy_s']:.1f}s of {ev['span_s']:.1f}s "
                        f"({ev['jobs']} jobs), driver-only {ev['driver_only_s']:.1f}s; task time "
-                       f"{ev['task_run_s']:.1f}s (CPU {ev['task_cpu_s']:.1f}s, GC {ev['task_gc_s']:.1f}s): {cats}")
+                       f"{ev['task_run_s']:.1f}s (CPU {ev['task_cpu_s']:.1f}s, GC {ev['task_gc_s']:.1f}s): {cats}; "
+                       f"task results to the driver {fmt_bytes(ev.get('result_bytes', 0))}" + _rows_note(r))
     job = next((r for r in rows if r["name"] == "job_exact" and r.get("eventlog")), None)
     if job:
-        from bench.eventlog import render
         out += ["", "job_exact, event log detail:", render(job["eventlog"])]
     return "\n".join(out)
+
+
+def _rows_note(r: dict) -> str:
+    n = (r.get("cost") or {}).get("driver_rows")
+    return f" ({n:,} rows)" if n is not None else ""
 
 
 def median_run(runs: list[dict]) -> dict:
@@ -141,7 +166,7 @@ def run(args: argparse.Namespace) -> int:
     load1 = os.getloadavg()[0]
     if load1 > QUIET_LOAD:
         say(f"note: load average {load1:.2f} > {QUIET_LOAD} — other work is running; numbers will be noisy")
-    rows_wanted = [r.strip() for r in args.rows.split(",") if r.strip()]
+    rows_wanted = [r.strip() for r in args.rows.split(",") if r.strip() and r.strip() != "none"]
     unknown = set(rows_wanted) - set(_rows())
     if unknown:
         raise BenchError(f"unknown rows: {', '.join(sorted(unknown))} (known: {', '.join(_rows())})")
@@ -153,6 +178,11 @@ def run(args: argparse.Namespace) -> int:
         raise BenchError("--repeat must be >= 1")
     duration = args.latency_duration or (40.0 if args.smoke else 150.0)
     profile = not args.no_profile
+    backlog_n = args.backlog_frames if args.backlog_frames is not None else (0 if args.smoke else BACKLOG_FRAMES)
+    garbage_n = args.garbage_frames if args.garbage_frames is not None else \
+        (SMOKE_GARBAGE if args.smoke else GARBAGE_FRAMES)
+    if backlog_n < 0 or garbage_n < 1:
+        raise BenchError("--backlog-frames must be >= 0 and --garbage-frames >= 1")
 
     frames = frames_file(args.frames)
     say(f"input {frames.path.relative_to(REPO_ROOT)}: {frames.count:,} frames, mean {frames.mean_bytes:,.0f} B")
@@ -160,7 +190,8 @@ def run(args: argparse.Namespace) -> int:
     default_bootstrap = load_cfg().kafka.bootstrap_servers
     failures: list[str] = []
     rows: list[dict] = []
-    parsers = formats = latency = None
+    parsers = formats = latency = backlog = None
+    poison: dict | None = None
     topic = f"bench-{frames.count}"
     from bench.rows import run_row
     with broker(cfg, may_start=cfg.kafka.bootstrap_servers == default_bootstrap) as started_broker:
@@ -179,6 +210,25 @@ def run(args: argparse.Namespace) -> int:
                     runs[name].append(row)
         for name in rows_wanted:
             rows.append(median_run(runs[name]) if runs[name] else {"name": name, "error": errors[name]})
+        if backlog_n:
+            from bench.rows import run_backlog
+
+            def _backlog():
+                bf = frames if backlog_n == frames.count else frames_file(backlog_n, seed=BACKLOG_SEED)
+                btopic = f"bench-{bf.count}"
+                prepare_topic(cfg, bf, btopic, key=args.key)
+                return run_backlog(btopic, bf.count, work, profile=profile)
+            backlog = _step("backlog", _backlog, failures)
+        if args.poison:
+            from bench.rows import run_garbage, run_replay
+            poison = {}
+            for pname, fn in (("replay", lambda: run_replay(cfg, frames, work, profile=profile, key=args.key)),
+                              ("garbage", lambda: run_garbage(cfg, garbage_n, work, profile=profile))):
+                prow = _step(pname, fn, failures)
+                poison[pname] = prow if prow is not None else {"name": pname, "error": failures[-1]}
+                if prow is not None and not (prow.get("finished") and prow.get("quarantine_ok")):
+                    failures.append(f"{pname}: " + ("did not finish" if not prow.get("finished") else
+                                                    "quarantine counts not as expected"))
         if not args.skip_parsers:
             n = min(args.parser_frames, frames.count)
             parsers = _step("parsers", lambda: run_parsers(frames.path, n, repeat, work), failures)
@@ -200,13 +250,16 @@ def run(args: argparse.Namespace) -> int:
         "broker_started_by_bench": started_broker,
         "results": [r for r in rows if not r.get("error")],
         "failed_rows": [r for r in rows if r.get("error")],
+        "backlog": backlog, "poison": poison,
         "parsers": parsers, "formats": formats, "latency": latency,
-        "where_time_goes": where_time_goes(rows),
+        "where_time_goes": where_time_goes(rows + ([backlog] if backlog else [])),
         "failures": failures,
     }
     result["machine"]["load_avg_at_start"] = [round(load1, 2)] + result["machine"]["load_avg_at_start"][1:]
     result["machine"]["load_avg_at_end"] = [round(x, 2) for x in os.getloadavg()]
     result["targets"] = report.evaluate_targets(result["results"], latency, cfg.job.watermark_s)
+    result["costs"] = report.cost_rows(result)
+    result["projection"] = report.projection(result, max_offsets_per_trigger=cfg.job.max_offsets_per_trigger)
     paths = report.write_all(result, out_dir, date)
     print(report.text_table(result))
     say("wrote " + ", ".join(str(p.relative_to(REPO_ROOT) if p.is_relative_to(REPO_ROOT) else p)
