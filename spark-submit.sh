@@ -133,6 +133,10 @@ mkdir -p "$ROOT/.run/pids"
 pidfile="$(mktemp "$ROOT/.run/pids/driver.XXXXXX")"
 trap 'rm -f "$pidfile"' EXIT
 export DOODLE_DRIVER_PIDFILE="$pidfile"
+# Standard input (`... | ./spark-submit.sh jobs/backfill.py --input -`): spark-submit's JVM
+# gives the Python driver a pipe of its own, never this script's stdin, so the driver
+# opens this script's stdin through /proc instead (kept open on fd 3).
+if [ ! -t 0 ]; then exec 3<&0; export DOODLE_STDIN="/proc/$$/fd/3"; fi
 ( trap '' INT TERM; exec "$SPARK_HOME/bin/spark-submit" "${defaults[@]}" "${spark_flags[@]+"${spark_flags[@]}"}" "$job" "$@" ) &
 child=$!
 forward() {

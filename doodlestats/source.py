@@ -129,6 +129,8 @@ def spool_stdin(folder: str, lines_per_file: int = 1_000_000, stream=None) -> li
     (local); returns their paths. Progress on stderr."""
     import os
     os.makedirs(folder, exist_ok=True)
+    if stream is None and os.environ.get("DOODLE_STDIN"):  # under ./spark-submit.sh: its stdin
+        stream = open(os.environ["DOODLE_STDIN"], "rb")
     src = stream or sys.stdin.buffer
     paths, n, out, total = [], 0, None, 0
     for line in src:
