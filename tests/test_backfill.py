@@ -122,3 +122,18 @@ def test_kafka_range_by_record_time_and_over_a_streams_minutes(kafka, spark, tes
                    test_conf)
     both = recount(lines)
     assert stored_minutes(spark, tmp_path / "delta") == both  # users: union; frames: sum (disjoint frames)
+
+    # an hour and a day that span the stream run and the backfill: exact union of both
+    import json
+
+    from doodlestats.rollups import Rollups
+    for grain, size in (("hour", 3600), ("day", 86400)):
+        want_users, want_frames = {}, {}
+        for line in lines:
+            d = json.loads(line)
+            p = int(d["ts"]) - int(d["ts"]) % size
+            want_users.setdefault(p, set()).add(d["uid"])
+            want_frames[p] = want_frames.get(p, 0) + 1
+        rep = Rollups(spark, str(tmp_path / "delta")).run(grain, "exact", full=True)
+        assert {r.start: (r.unique_users, r.frames) for r in rep.results} == \
+            {p: (len(u), want_frames[p]) for p, u in want_users.items()}
