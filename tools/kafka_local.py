@@ -174,9 +174,9 @@ def up(cfg: Config) -> int:
         props = run_dir() / "server.properties"
         props.write_text(server_properties(cfg))
         if not (run_dir() / "data" / "meta.properties").exists():
-            cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+            cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")  # may start with "-": passed as --cluster-id=ID
             _say(f"formatting storage in {run_dir() / 'data'} (cluster {cluster_id})")
-            _run_tool(["kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(props)])
+            _run_tool(["kafka.tools.StorageTool", "format", f"--cluster-id={cluster_id}", "-c", str(props)])
         heap = cfg.kafka.broker_heap
         cmd = [java, f"-Xms{heap}", f"-Xmx{heap}", "-XX:+UseG1GC", "-Djava.awt.headless=true",
                f"-Dlog4j2.configurationFile={LOG4J}", f"-Dkafka.logs.file={(run_dir() / 'server.log')}",
