@@ -21,7 +21,7 @@ STAMP_KAFKA := .deps/kafka-jars/.fetched
 STAMP_STORAGE := .deps/storage-jars/.fetched
 PLAIN_CONF  := conf/spark/spark-defaults.conf
 
-.PHONY: help setup run test test-fast bench-smoke kafka-up kafka-down kafka-status cluster-up cluster-down cluster-status wheel sample load stats bench clean distclean
+.PHONY: help setup run test test-fast bench-smoke kafka-up kafka-down kafka-status cluster-up cluster-down cluster-status wheel sample load stats bench notebook clean distclean
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-15s %s\n", $$1, $$2}'
@@ -106,6 +106,24 @@ test-fast: setup ## the tests that need neither Kafka nor Spark
 
 bench: setup sample ## benchmarks side by side (see bench/README.md)
 	$(VPY) -m bench.run $(BENCH_ARGS)
+
+# JupyterLab in the foreground (Ctrl-C stops it), on 127.0.0.1 only: NB_PORT if given, else 8888
+# or, if that is taken, a free port; the URL with a fresh token is printed before it starts.
+NB_PORT ?=
+DOODLE_DELTA ?= data/delta
+NB_BIND := import socket, sys; s = socket.socket(); s.bind(("127.0.0.1", int(sys.argv[1]))); print(s.getsockname()[1])
+notebook: setup ## JupyterLab with notebooks/minute_stats.ipynb on 127.0.0.1 (NB_PORT=, DOODLE_DELTA=data/delta)
+	@port="$(NB_PORT)"; \
+	if [ -z "$$port" ]; then port=$$($(VPY) -c '$(NB_BIND)' 8888 2>/dev/null || $(VPY) -c '$(NB_BIND)' 0); \
+	elif ! $(VPY) -c '$(NB_BIND)' "$$port" >/dev/null 2>&1; then \
+	    echo "notebook: port $$port is in use or invalid — make notebook NB_PORT=<another port>"; exit 2; fi; \
+	token=$$($(VPY) -c 'import secrets; print(secrets.token_hex(24))'); \
+	echo "notebook: DOODLE_DELTA=$(DOODLE_DELTA)$(if $(DOODLE_APPROX_DELTA), DOODLE_APPROX_DELTA=$(DOODLE_APPROX_DELTA))"; \
+	echo "notebook: open http://127.0.0.1:$$port/lab/tree/notebooks/minute_stats.ipynb?token=$$token  (Ctrl-C stops)"; \
+	DOODLE_DELTA="$(DOODLE_DELTA)" exec $(VENV)/bin/jupyter-lab --no-browser --ServerApp.ip=127.0.0.1 \
+	    --ServerApp.port=$$port --ServerApp.port_retries=0 --IdentityProvider.token=$$token \
+	    --ServerApp.root_dir="$(CURDIR)" --ServerApp.answer_yes=True $$([ "$$(id -u)" = 0 ] && echo --allow-root) \
+	    --LabApp.default_url=/lab/tree/notebooks/minute_stats.ipynb
 
 clean: kafka-down cluster-down ## stop the broker and the cluster, delete data and runtime state (keeps set-up)
 	rm -rf data .run spark-warehouse
