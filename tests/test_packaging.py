@@ -125,7 +125,7 @@ def _declared() -> dict[str, list[Requirement]]:
 
 def test_pyproject_ranges_include_the_pinned_versions():
     pins, declared = _pins(), _declared()
-    assert set(declared) == {"runtime", "dev", "bench"}
+    assert set(declared) == {"runtime", "dev", "bench", "notebook"}
     for group, reqs in declared.items():
         for req in reqs:
             name = canonicalize_name(req.name)
