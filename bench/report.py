@@ -62,8 +62,10 @@ def _ratio_target(label: str, value: float | None, base: float | None, factor: f
     return {**t, "value": round(ratio, 3), "met": met, "margin": margin}
 
 
-def evaluate_targets(rows: list[dict], latency: dict | None = None, watermark_s: int = 5) -> list[dict]:
-    """The issue's targets with met/missed and by how much."""
+def evaluate_targets(rows: list[dict], latency: dict | None = None, watermark_s: int = 5,
+                     backfill: dict | None = None) -> list[dict]:
+    """The issue's targets with met/missed and by how much (with ``backfill``, the result of
+    :func:`bench.backfill.measure`, also the backfill's against DuckDB)."""
     job = _rate(rows, "job_exact")
     out = []
     t = {"target": "job_exact ≥ 200,000 frames/s", "threshold": 200_000, "unit": "frames/s"}
@@ -92,6 +94,8 @@ def evaluate_targets(rows: list[dict], latency: dict | None = None, watermark_s:
                 out.append({**t, "value": p99, "met": met,
                             "margin": (f"met: p99 {p99:.2f}s ({limit - p99:.2f}s to spare)" if met else
                                        f"missed: p99 {p99:.2f}s, {p99 - limit:.2f}s over")})
+    if backfill:
+        out += [{k: v for k, v in t.items() if k not in ("row", "exact")} for t in backfill.get("targets") or []]
     return out
 
 
@@ -353,6 +357,11 @@ def projection_md(p: dict | None) -> str:
 
 
 # --------------------------------------------------------------------------- text
+def _backfill_md(bf: dict) -> str:
+    from bench.backfill import markdown
+    return markdown(bf, targets_table=False)
+
+
 def _mark(met) -> str:
     return "✅ met" if met is True else "❌ missed" if met is False else "–"
 
@@ -454,6 +463,8 @@ def markdown(result: dict) -> str:
                 "The job's default driver memory (`[spark] driver_memory`); peak RSS is the whole process tree "
                 "(spark-submit's JVM — driver and, in local mode, executors — the Python driver, pyspark workers).",
                 "", poison_md(result["poison"])]
+    if result.get("backfill"):
+        out += ["", "## Backfill vs DuckDB (same file, same run)", "", _backfill_md(result["backfill"])]
     if result.get("projection") is not None or result.get("costs"):
         out += ["", "## Scale-out: a projection", "", projection_md(result.get("projection"))]
     if result.get("parsers"):
@@ -479,6 +490,8 @@ def readme_markdown(result: dict, link: str | None = None) -> str:
     if result.get("poison"):
         out += ["", "Poison (default driver memory; peak RSS of the whole process tree):", "",
                 poison_md(result["poison"])]
+    if result.get("backfill"):
+        out += ["", "Backfill vs DuckDB on one machine (same file, same run):", "", _backfill_md(result["backfill"])]
     if result.get("projection"):
         out += ["", "Scale-out — a projection from the CPU seconds above, not a measurement:", "",
                 projection_md(result["projection"])]
@@ -529,6 +542,10 @@ def text_table(result: dict) -> str:
             lines.append(f"poison {k}: {'finished' if r.get('finished') else 'DID NOT FINISH'}, "
                          f"{fmt_int(r.get('frames_per_s'))} frames/s, peak RSS {fmt_int(r.get('peak_rss_mb'))} MB, "
                          f"quarantine {r.get('quarantine')} {'ok' if r.get('quarantine_ok') else 'NOT ok'}")
+    if result.get("backfill"):
+        from bench.backfill import text_lines
+        lines += [f"backfill: {x}" for x in text_lines(result["backfill"])
+                  if not x.startswith(("✅", "❌", "–"))]   # its targets are in the list above
     p = result.get("projection")
     if p:
         lines.append(f"projection: {fmt_int(p['frames_per_s_per_core'])} frames/s per executor core; driver limit "

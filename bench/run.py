@@ -4,6 +4,8 @@
     python -m bench.run --frames 20000 --smoke   # `make bench-smoke`: CI, a few minutes
     python -m bench.run --frames 20000 --smoke --rows job_exact --skip-parsers --skip-latency \
         --backlog-frames 60000 --garbage-frames 2000     # only the backlog and poison rows
+    python -m bench.run --frames 20000 --smoke --rows none --skip-parsers --skip-latency \
+        --no-poison                                      # only backfill vs DuckDB
 
 Steps (progress on stderr, the result table on stdout):
 
@@ -21,6 +23,10 @@ Steps (progress on stderr, the result table on stdout):
    (``--no-poison`` skips them): ``replay`` (the input twice into a fresh topic, the job
    after each load: the second run's frames are all late) and ``garbage``
    (``--garbage-frames`` lines of ~2 KB that are not JSON).
+   Then backfill vs DuckDB (``bench/backfill.py``, ``--no-backfill`` skips it):
+   ``duckdb_jsonl``, ``backfill_jsonl``, ``duckdb_gz``, ``backfill_gz`` on the input
+   (``.jsonl.gz``) and its plain ``.jsonl`` copy in ``bench/.work/``, in the same
+   interleaved rounds; each result checked against the input's truth file.
 3. parse paths in Spark and JSON vs Avro (``bench/parsers.py``, ``bench/formats.py``)
    unless ``--skip-parsers``.
 4. live latency (``bench/latency.py``) unless ``--skip-latency``.
@@ -49,6 +55,7 @@ from bench.common import (REPO_ROOT, RESULTS_DIR, WORK_DIR, BenchError, broker, 
 QUIET_LOAD = 1.5
 BACKLOG_FRAMES, BACKLOG_SEED = 3_000_000, 3
 GARBAGE_FRAMES, SMOKE_GARBAGE = 1_000_000, 2_000
+SMOKE_BACKFILL = 20_000
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -70,6 +77,11 @@ def parse_args(argv=None) -> argparse.Namespace:
                     help="run the poison rows: replay of final minutes, garbage burst (default: on)")
     ap.add_argument("--garbage-frames", type=int,
                     help=f"garbage lines of the poison row (default {GARBAGE_FRAMES:,}, --smoke {SMOKE_GARBAGE:,})")
+    ap.add_argument("--backfill", action=argparse.BooleanOptionalAction, default=True,
+                    help="run the backfill-vs-DuckDB rows on the input and its plain copy (default: on)")
+    ap.add_argument("--backfill-frames", type=int,
+                    help="input of the backfill rows: N generated frames (default: the run's input; "
+                         f"--smoke: at most {SMOKE_BACKFILL:,})")
     ap.add_argument("--parser-frames", type=int, default=200_000, help="frames for the parse paths (200000)")
     ap.add_argument("--latency-duration", type=float, help="live replay seconds (default 150, --smoke 40)")
     ap.add_argument("--key", choices=["uid", "none"], default="uid",
@@ -183,6 +195,8 @@ def run(args: argparse.Namespace) -> int:
         (SMOKE_GARBAGE if args.smoke else GARBAGE_FRAMES)
     if backlog_n < 0 or garbage_n < 1:
         raise BenchError("--backlog-frames must be >= 0 and --garbage-frames >= 1")
+    if args.backfill_frames is not None and args.backfill_frames < 1:
+        raise BenchError("--backfill-frames must be >= 1")
 
     frames = frames_file(args.frames)
     say(f"input {frames.path.relative_to(REPO_ROOT)}: {frames.count:,} frames, mean {frames.mean_bytes:,.0f} B")
@@ -190,7 +204,7 @@ def run(args: argparse.Namespace) -> int:
     default_bootstrap = load_cfg().kafka.bootstrap_servers
     failures: list[str] = []
     rows: list[dict] = []
-    parsers = formats = latency = backlog = None
+    parsers = formats = latency = backlog = backfill = None
     poison: dict | None = None
     topic = f"bench-{frames.count}"
     from bench.rows import run_row
@@ -229,6 +243,17 @@ def run(args: argparse.Namespace) -> int:
                 if prow is not None and not (prow.get("finished") and prow.get("quarantine_ok")):
                     failures.append(f"{pname}: " + ("did not finish" if not prow.get("finished") else
                                                     "quarantine counts not as expected"))
+        if args.backfill:
+            from bench.backfill import measure as measure_backfill
+
+            def _backfill():
+                n = args.backfill_frames
+                if n is None and args.smoke and frames.count > SMOKE_BACKFILL:
+                    n = SMOKE_BACKFILL
+                bf = frames if n is None or n == frames.count else frames_file(n)
+                say(f"backfill vs DuckDB on {bf.path.relative_to(REPO_ROOT)} ({bf.count:,} frames)")
+                return measure_backfill(bf, work, rounds, failures=failures)
+            backfill = _step("backfill", _backfill, failures)
         if not args.skip_parsers:
             n = min(args.parser_frames, frames.count)
             parsers = _step("parsers", lambda: run_parsers(frames.path, n, repeat, work), failures)
@@ -250,14 +275,14 @@ def run(args: argparse.Namespace) -> int:
         "broker_started_by_bench": started_broker,
         "results": [r for r in rows if not r.get("error")],
         "failed_rows": [r for r in rows if r.get("error")],
-        "backlog": backlog, "poison": poison,
+        "backlog": backlog, "poison": poison, "backfill": backfill,
         "parsers": parsers, "formats": formats, "latency": latency,
         "where_time_goes": where_time_goes(rows + ([backlog] if backlog else [])),
         "failures": failures,
     }
     result["machine"]["load_avg_at_start"] = [round(load1, 2)] + result["machine"]["load_avg_at_start"][1:]
     result["machine"]["load_avg_at_end"] = [round(x, 2) for x in os.getloadavg()]
-    result["targets"] = report.evaluate_targets(result["results"], latency, cfg.job.watermark_s)
+    result["targets"] = report.evaluate_targets(result["results"], latency, cfg.job.watermark_s, backfill)
     result["costs"] = report.cost_rows(result)
     result["projection"] = report.projection(result, max_offsets_per_trigger=cfg.job.max_offsets_per_trigger)
     paths = report.write_all(result, out_dir, date)
