@@ -90,10 +90,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def run_id(args) -> str:
-    """Identity of a backfill: the same inputs and options resume the same progress."""
+def run_id(args, delta: str) -> str:
+    """Identity of a backfill: the same inputs, options and Delta root resume the same progress."""
     key = {"input": args.input, "topic": args.topic, "from": args.start, "to": args.end, "chunk": args.chunk,
-           "chunk_frames": args.chunk_frames, "chunk_bytes": args.chunk_bytes}
+           "chunk_frames": args.chunk_frames, "chunk_bytes": args.chunk_bytes, "delta": delta}
     if args.input == ["-"]:
         key["stdin"] = time.time()  # stdin cannot be read twice: every run is a new backfill
     return hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
@@ -147,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     from doodlestats.storage import HadoopFS, configure_spark, delta_storage_options, is_uri, join
 
     delta = str(cfg.path("delta"))
-    rid = run_id(args)
+    rid = run_id(args, delta)
     checkpoint = args.checkpoint or join(str(cfg.path("checkpoint")), "backfill", rid)
     spark = get_spark("backfill", cfg)
     configure_spark(spark, cfg, checkpoint=checkpoint, outputs=[delta])
