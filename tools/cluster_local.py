@@ -21,12 +21,13 @@ started again). Jobs bring their own jars and the package (``./spark-submit.sh``
 
 from __future__ import annotations
 
+from tools._proc import pid_alive, port_open  # noqa: F401
+
 import argparse
 import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -96,23 +97,11 @@ def _say(msg: str) -> None:
 
 
 def _port_open(port: int, host: str = HOST) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.settimeout(0.5)
-        return s.connect_ex((host, port)) == 0
+    return port_open(host, port)
 
 
 def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a zombie counts as dead
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[-1].split()[0] != "Z"
-    except OSError:
-        return False
+    return pid_alive(pid)
 
 
 def _group(pgid: int) -> list[int]:

@@ -12,12 +12,13 @@ state, logs and the PID file live in ``.run/kafka`` (git-ignored)::
 
 from __future__ import annotations
 
+from tools._proc import pid_alive, port_open  # noqa: F401
+
 import argparse
 import base64
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -44,24 +45,11 @@ def _say(msg: str) -> None:
 
 
 def _port_open(host: str, port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.settimeout(0.5)
-        return s.connect_ex((host, port)) == 0
+    return port_open(host, port)
 
 
 def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # a zombie child counts as dead
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(")")[-1].split()[0] != "Z"
-    except OSError:
-        return True
+    return pid_alive(pid)
 
 
 def running_pid() -> int | None:

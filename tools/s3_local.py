@@ -21,6 +21,8 @@ stops it by its PID::
 
 from __future__ import annotations
 
+from tools._proc import pid_alive, port_open  # noqa: F401
+
 import argparse
 import contextlib
 import dataclasses
@@ -92,17 +94,7 @@ def _say(msg: str) -> None:
 
 
 def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a zombie counts as dead
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(")")[-1].split()[0] != "Z"
-    except OSError:
-        return True
+    return pid_alive(pid)
 
 
 def _is_ours(pid: int) -> bool:
@@ -148,9 +140,7 @@ def _answers(port: int) -> bool:
 
 
 def _port_open(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.settimeout(0.5)
-        return s.connect_ex((HOST, port)) == 0
+    return port_open(HOST, port)
 
 
 def up(port: int = DEFAULT_PORT, bucket: str | None = None, timeout: float = 60.0,
