@@ -71,6 +71,7 @@ class JobConf:
     parser: str = "jvm"
     idle_partition_s: float = 30.0
     min_partitions: int = 8
+    frames_per_task: int = 50_000
     warm_up_frames: int = 20_000
 
 
@@ -184,6 +185,8 @@ def _check(cfg: Config) -> None:
         raise ConfigError(f"job.max_offsets_per_trigger: must be >= 1, got {j.max_offsets_per_trigger}")
     if j.min_partitions < 1:
         raise ConfigError(f"job.min_partitions: must be >= 1, got {j.min_partitions}")
+    if j.frames_per_task < 1000:
+        raise ConfigError(f"job.frames_per_task: must be >= 1000, got {j.frames_per_task}")
     if j.warm_up_frames < 0:
         raise ConfigError(f"job.warm_up_frames: must be >= 0, got {j.warm_up_frames}")
     if j.idle_partition_s <= 0:

@@ -56,7 +56,7 @@ class Chunk:
                 .option("kafka.bootstrap.servers", cfg.kafka.bootstrap_servers)
                 .option("subscribe", self.topic)
                 .option("startingOffsets", json.dumps(offsets)).option("endingOffsets", json.dumps(ending))
-                .option("minPartitions", str(cfg.job.min_partitions))
+                .option("minPartitions", str(max(cfg.job.min_partitions, -(-self.size // cfg.job.frames_per_task))))
                 .option("kafka.max.partition.fetch.bytes", str(16 << 20))
                 .load()
                 .select("value", "topic", "partition", "offset",
