@@ -102,13 +102,16 @@ def test_kafka_range_by_record_time_and_over_a_streams_minutes(kafka, spark, tes
     day1, day2 = lines[::2], lines[1::2]  # the same minutes, different frames
     topic = new_topic(kafka, "history", 3)
     prod = Producer({"bootstrap.servers": kafka.kafka.bootstrap_servers})
-    t1, t2 = 1_700_000_000_000, 1_700_000_000_000 + 86_400_000  # record times (ms), one day apart
+    # record times (ms) one day apart, recent: the broker's retention (7 days) deletes older records
+    t2 = (int(time.time()) // 86400 - 1) * 86_400_000 + 3_600_000  # yesterday 01:00 UTC
+    t1 = t2 - 86_400_000
+    since = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t2 / 1000))
     for i, line in enumerate(day1):
         prod.produce(topic, line, timestamp=t1 + i)
     for i, line in enumerate(day2):
         prod.produce(topic, line, timestamp=t2 + i)
     assert prod.flush(60) == 0
-    res = backfill(["--topic", topic, "--from", "2023-11-15T22:13:20Z", "--print",
+    res = backfill(["--topic", topic, "--from", since, "--print",
                     "--delta-path", str(tmp_path / "d2")], test_conf)
     assert printed(res.stdout) == recount(day2)
 
@@ -118,7 +121,7 @@ def test_kafka_range_by_record_time_and_over_a_streams_minutes(kafka, spark, tes
     produce(kafka, stream_topic, day1)
     run_job(job_args(stream_topic, out_topic, tmp_path, "--available-now"), test_conf)
     assert stored_minutes(spark, tmp_path / "delta") == recount(day1)
-    res = backfill(["--topic", topic, "--from", "2023-11-15T22:13:20Z", "--delta-path", str(tmp_path / "delta")],
+    res = backfill(["--topic", topic, "--from", since, "--delta-path", str(tmp_path / "delta")],
                    test_conf)
     both = recount(lines)
     assert stored_minutes(spark, tmp_path / "delta") == both  # users: union; frames: sum (disjoint frames)
