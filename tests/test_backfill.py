@@ -101,13 +101,16 @@ def test_kafka_range_by_record_time_and_over_a_streams_minutes(kafka, spark, tes
     lines, _ = generate(GenConfig(count=8000, rate=40, users=600, seed=82))
     day1, day2 = lines[::2], lines[1::2]  # the same minutes, different frames
     topic = new_topic(kafka, "history", 3)
-    prod = Producer({"bootstrap.servers": kafka.kafka.bootstrap_servers})
+    # idempotent: in order even when a fresh topic's first batches are retried (a retried day-1
+    # batch landing after day-2 records would put day-1 frames inside the day-2 offset range)
+    prod = Producer({"bootstrap.servers": kafka.kafka.bootstrap_servers, "enable.idempotence": True})
     # record times (ms) one day apart, recent: the broker's retention (7 days) deletes older records
     t2 = (int(time.time()) // 86400 - 1) * 86_400_000 + 3_600_000  # yesterday 01:00 UTC
     t1 = t2 - 86_400_000
     since = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t2 / 1000))
     for i, line in enumerate(day1):
         prod.produce(topic, line, timestamp=t1 + i)
+    assert prod.flush(60) == 0
     for i, line in enumerate(day2):
         prod.produce(topic, line, timestamp=t2 + i)
     assert prod.flush(60) == 0
