@@ -74,26 +74,31 @@ MINUTE_STATS_SCHEMA = pa.schema([(f.name, f.arrow) for f in FIELDS if f.stored] 
     ("date", pa.date32()), ("batch_id", pa.int64()), ("hll", pa.binary())])
 
 
-def json_schema() -> dict:
-    """The JSON schema of a published value, generated from :data:`FIELDS`."""
-    props = {}
-    for f in FIELDS:
-        props[f.name] = {**f.json, **({"description": f.description} if f.description else {})}
+def object_schema(schema_id: str, title: str, description: str, fields) -> dict:
+    """A published value's JSON schema from its field definitions (``rsd`` exactly in approx mode)."""
     return {
         "$schema": "https://json-schema.org/draft/2020-12/schema",
-        "$id": "doodle/minute_stats.schema.json",
-        "title": "minute result",
-        "description": "Value of a message on the Kafka topic `minuteStats` (key = window_start) and of a "
-                       "--print line. Counts are ABSOLUTE: the sink is at-least-once, so keep the last "
-                       "value per key. Generated from doodlestats/results.py (FIELDS).",
+        "$id": schema_id,
+        "title": title,
+        "description": description,
         "type": "object",
-        "required": [f.name for f in FIELDS if f.required],
-        "properties": props,
+        "required": [f.name for f in fields if f.required],
+        "properties": {f.name: {**f.json, **({"description": f.description} if f.description else {})}
+                       for f in fields},
         "if": {"properties": {"mode": {"const": "approx"}}},
         "then": {"required": ["rsd"]},
         "else": {"not": {"required": ["rsd"]}},
         "additionalProperties": False,
     }
+
+
+def json_schema() -> dict:
+    """The JSON schema of a published value, generated from :data:`FIELDS`."""
+    return object_schema(
+        "doodle/minute_stats.schema.json", "minute result",
+        "Value of a message on the Kafka topic `minuteStats` (key = window_start) and of a "
+        "--print line. Counts are ABSOLUTE: the sink is at-least-once, so keep the last "
+        "value per key. Generated from doodlestats/results.py (FIELDS).", FIELDS)
 
 
 def iso(epoch_s: int) -> str:

@@ -227,23 +227,13 @@ ROLLUP_SCHEMA = pa.schema([(f.name, f.arrow) for f in FIELDS if f.stored] + [
 
 def json_schema() -> dict:
     """The JSON schema of a published rollup value, generated from :data:`FIELDS`."""
-    props = {f.name: {**f.json, **({"description": f.description} if f.description else {})} for f in FIELDS}
-    return {
-        "$schema": "https://json-schema.org/draft/2020-12/schema",
-        "$id": "doodle/rollup.schema.json",
-        "title": "rollup result",
-        "description": "Unique users of one UTC period (hour, day, ISO week, month, year): a line of "
-                       "jobs/rollups.py --print and the value of an --output-topic message (key = period_start). "
-                       "Values are ABSOLUTE: keep the last value per key. Generated from doodlestats/rollups.py "
-                       "(FIELDS).",
-        "type": "object",
-        "required": [f.name for f in FIELDS if f.required],
-        "properties": props,
-        "if": {"properties": {"mode": {"const": "approx"}}},
-        "then": {"required": ["rsd"]},
-        "else": {"not": {"required": ["rsd"]}},
-        "additionalProperties": False,
-    }
+    from doodlestats.results import object_schema
+    return object_schema(
+        "doodle/rollup.schema.json", "rollup result",
+        "Unique users of one UTC period (hour, day, ISO week, month, year): a line of "
+        "jobs/rollups.py --print and the value of an --output-topic message (key = period_start). "
+        "Values are ABSOLUTE: keep the last value per key. Generated from doodlestats/rollups.py "
+        "(FIELDS).", FIELDS)
 
 
 @dataclass(frozen=True)
