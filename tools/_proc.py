@@ -27,3 +27,27 @@ def pid_alive(pid: int) -> bool:
             return f.read().rsplit(")", 1)[-1].split()[0] != "Z"
     except OSError:
         return True
+
+
+def terminate(pid: int, timeout: float, say=None) -> None:
+    """SIGTERM ``pid``, SIGKILL if it is still alive after ``timeout`` s; returns once it is
+    gone (and reaped, if it is our child)."""
+    import contextlib
+    import signal
+    import time
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and pid_alive(pid):
+        time.sleep(0.1)
+    if pid_alive(pid):
+        if say:
+            say(f"pid {pid} ignored SIGTERM for {timeout:.0f}s; sending SIGKILL")
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+        while pid_alive(pid):
+            time.sleep(0.1)
+    with contextlib.suppress(ChildProcessError, OSError):
+        os.waitpid(pid, os.WNOHANG)

@@ -21,7 +21,7 @@ started again). Jobs bring their own jars and the package (``./spark-submit.sh``
 
 from __future__ import annotations
 
-from tools._proc import pid_alive, port_open  # noqa: F401
+from tools._proc import pid_alive, port_open, terminate  # noqa: F401
 
 import argparse
 import json
@@ -273,16 +273,7 @@ def up(workers: int = 2, port: int = 7077, webui_port: int = 8080, worker_cores:
 def _stop(pid: int, timeout: float) -> None:
     """SIGTERM ``pid``, SIGKILL after ``timeout``; then whatever is left of its process group
     (executors a worker started, their Python workers)."""
-    try:
-        os.kill(pid, signal.SIGTERM)
-    except ProcessLookupError:
-        pass
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and _pid_alive(pid):
-        time.sleep(0.2)
-    if _pid_alive(pid):
-        _say(f"pid {pid} ignored SIGTERM for {timeout:.0f}s; sending SIGKILL")
-        os.kill(pid, signal.SIGKILL)
+    terminate(pid, timeout, _say)
     deadline = time.monotonic() + 10
     while (left := _group(pid)) and time.monotonic() < deadline:
         for p in left:

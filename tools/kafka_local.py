@@ -12,13 +12,12 @@ state, logs and the PID file live in ``.run/kafka`` (git-ignored)::
 
 from __future__ import annotations
 
-from tools._proc import pid_alive, port_open  # noqa: F401
+from tools._proc import pid_alive, port_open, terminate  # noqa: F401
 
 import argparse
 import base64
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -192,15 +191,7 @@ def down(timeout: float = 30.0) -> bool:
         (run_dir() / 'broker.pid').unlink(missing_ok=True)
         _say("not running")
         return False
-    os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and _pid_alive(pid):
-        time.sleep(0.2)
-    if _pid_alive(pid):
-        _say(f"pid {pid} ignored SIGTERM for {timeout:.0f}s; sending SIGKILL")
-        os.kill(pid, signal.SIGKILL)
-        while _pid_alive(pid):
-            time.sleep(0.1)
+    terminate(pid, timeout, _say)
     (run_dir() / 'broker.pid').unlink(missing_ok=True)
     _say(f"stopped (pid {pid})")
     return True

@@ -21,13 +21,12 @@ stops it by its PID::
 
 from __future__ import annotations
 
-from tools._proc import pid_alive, port_open  # noqa: F401
+from tools._proc import pid_alive, port_open, terminate  # noqa: F401
 
 import argparse
 import contextlib
 import dataclasses
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -194,17 +193,7 @@ def ensure_bucket(server: S3Local, bucket: str) -> None:
 
 
 def _stop(pid: int, timeout: float = 15.0) -> None:
-    try:
-        os.kill(pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return
-    deadline = time.monotonic() + timeout
-    while _pid_alive(pid) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    if _pid_alive(pid):
-        os.kill(pid, signal.SIGKILL)
-    with contextlib.suppress(ChildProcessError, OSError):
-        os.waitpid(pid, os.WNOHANG)  # reap it if it is our child
+    terminate(pid, timeout)
 
 
 def down(folder: str | os.PathLike | None = None) -> bool:
