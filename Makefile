@@ -21,7 +21,7 @@ STAMP_KAFKA := .deps/kafka-jars/.fetched
 STAMP_STORAGE := .deps/storage-jars/.fetched
 PLAIN_CONF  := conf/spark/spark-defaults.conf
 
-.PHONY: help setup run test test-fast bench-smoke kafka-up kafka-down kafka-status cluster-up cluster-down cluster-status wheel sample load stats bench notebook clean distclean
+.PHONY: help setup run test test-fast bench-smoke kafka-up kafka-down kafka-status cluster-up cluster-down cluster-status wheel sample load stats bench notebook chaos soak quarantine-purge clean distclean
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-15s %s\n", $$1, $$2}'
@@ -124,6 +124,15 @@ notebook: setup ## JupyterLab with notebooks/minute_stats.ipynb on 127.0.0.1 (NB
 	    --ServerApp.port=$$port --ServerApp.port_retries=0 --IdentityProvider.token=$$token \
 	    --ServerApp.root_dir="$(CURDIR)" --ServerApp.answer_yes=True $$([ "$$(id -u)" = 0 ] && echo --allow-root) \
 	    --LabApp.default_url=/lab/tree/notebooks/minute_stats.ipynb
+
+chaos: setup sample ## SIGKILL the live job >= 5 times while the loader streams the sample; check exactness (CHAOS_ARGS=)
+	$(VPY) -m bench.chaos $(CHAOS_ARGS)
+
+soak: setup sample ## the job live under >= 5,000 frames/s for >= 5 min: lag, RSS, latency (SOAK_ARGS=)
+	$(VPY) -m bench.soak $(SOAK_ARGS)
+
+quarantine-purge: setup ## delete quarantine rows older than [quarantine] retention_days and vacuum (PURGE_ARGS=)
+	./spark-submit.sh jobs/quarantine_purge.py $(PURGE_ARGS)
 
 clean: kafka-down cluster-down ## stop the broker and the cluster, delete data and runtime state (keeps set-up)
 	rm -rf data .run spark-warehouse

@@ -49,6 +49,16 @@ class KafkaConf:
     output_topic: str = "minuteStats"
     output_partitions: int = 1
     broker_heap: str = "768m"
+    # largest message (bytes): the embedded broker's message.max.bytes and every producer's
+    # message.max.bytes / the consumers' fetch sizes (one setting for both sides)
+    max_message_bytes: int = 10_485_760
+    # security of every client (Spark's source, publisher, admin check, loader, backfill)
+    security_protocol: str = "PLAINTEXT"
+    sasl_mechanism: str = "PLAIN"
+    sasl_username_env: str = "DOODLE_KAFKA_USERNAME"
+    sasl_password_env: str = "DOODLE_KAFKA_PASSWORD"
+    ssl_ca_location: str = ""
+    ssl_endpoint_identification: bool = True
 
     @property
     def host(self) -> str:
@@ -73,6 +83,9 @@ class JobConf:
     min_partitions: int = 8
     frames_per_task: int = 50_000
     warm_up_frames: int = 20_000
+    # offsets the checkpoint expects but the broker no longer has (retention deleted them):
+    # fail (stop with one clear line) | skip (go on from the earliest offset, record the gap)
+    on_data_loss: str = "fail"
 
 
 @dataclass(frozen=True)
@@ -112,6 +125,13 @@ class StorageConf:
 
 
 @dataclass(frozen=True)
+class QuarantineConf:
+    # quarantine rows (raw frames: user ids) older than this many days are deleted by
+    # `jobs/quarantine_purge.py` (0: keep forever)
+    retention_days: int = 30
+
+
+@dataclass(frozen=True)
 class Config:
     kafka: KafkaConf = field(default_factory=KafkaConf)
     job: JobConf = field(default_factory=JobConf)
@@ -119,6 +139,7 @@ class Config:
     paths: PathsConf = field(default_factory=PathsConf)
     spark: SparkConf = field(default_factory=SparkConf)
     storage: StorageConf = field(default_factory=StorageConf)
+    quarantine: QuarantineConf = field(default_factory=QuarantineConf)
 
     def path(self, which: str) -> Path | str:
         """Where ``paths.<which>`` is: a URI (``s3a://bucket/x``, ``file:///x``, ...)
@@ -137,7 +158,7 @@ class Config:
 
 _SECTIONS = {f.name: f.type for f in dataclasses.fields(Config)}
 _CLASSES = {"kafka": KafkaConf, "job": JobConf, "guard": GuardConf, "paths": PathsConf, "spark": SparkConf,
-            "storage": StorageConf}
+            "storage": StorageConf, "quarantine": QuarantineConf}
 
 
 def _coerce(key: str, value: Any, default: Any) -> Any:
@@ -191,6 +212,21 @@ def _check(cfg: Config) -> None:
         raise ConfigError(f"job.warm_up_frames: must be >= 0, got {j.warm_up_frames}")
     if j.idle_partition_s <= 0:
         raise ConfigError(f"job.idle_partition_s: must be > 0, got {j.idle_partition_s}")
+    if j.on_data_loss not in ("fail", "skip"):
+        raise ConfigError(f"job.on_data_loss: expected fail or skip, got {j.on_data_loss!r}")
+    if cfg.quarantine.retention_days < 0:
+        raise ConfigError(f"quarantine.retention_days: must be >= 0, got {cfg.quarantine.retention_days}")
+    if k.max_message_bytes < 1024:
+        raise ConfigError(f"kafka.max_message_bytes: must be >= 1024, got {k.max_message_bytes}")
+    if k.security_protocol not in ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"):
+        raise ConfigError("kafka.security_protocol: expected PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL, "
+                          f"got {k.security_protocol!r}")
+    if k.sasl_mechanism not in ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"):
+        raise ConfigError(f"kafka.sasl_mechanism: expected PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512, "
+                          f"got {k.sasl_mechanism!r}")
+    for key in ("sasl_username_env", "sasl_password_env"):
+        if not _ENV_NAME.fullmatch(getattr(k, key)):
+            raise ConfigError(f"kafka.{key}: expected the name of an environment variable, got {getattr(k, key)!r}")
     if j.parser not in ("jvm", "python", "spark"):
         raise ConfigError(f"job.parser: expected jvm, python or spark, got {j.parser!r}")
     if g.max_skew_s < 60:

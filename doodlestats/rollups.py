@@ -684,14 +684,14 @@ def main(argv: list[str] | None = None) -> int:
         return fail(f"no minute_stats table below {delta} — run jobs/minute_stats.py first, or pass --delta-path")
     publisher = None
     if args.output_topic:
-        from doodlestats.kafka import KafkaUnavailable, check_kafka, ensure_topic
+        from doodlestats.kafka import KafkaUnavailable, check_kafka, client_settings, ensure_topic
         from doodlestats.publish import KafkaPublisher
         try:
             check_kafka(cfg, need_input=False)
             ensure_topic(cfg, args.output_topic, 1)
         except KafkaUnavailable as e:
             return fail(str(e))
-        publisher = KafkaPublisher(cfg.kafka.bootstrap_servers, args.output_topic)
+        publisher = KafkaPublisher(cfg.kafka.bootstrap_servers, args.output_topic, client_settings(cfg))
 
     def emit(results: list[RollupResult]) -> None:
         if args.print:

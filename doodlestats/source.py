@@ -27,6 +27,8 @@ import json
 import sys
 from dataclasses import dataclass, field
 
+from doodlestats.kafka import client_settings, spark_kafka_options
+
 __all__ = ["Chunk", "file_chunks", "kafka_chunks", "spool_stdin", "parse_time"]
 
 
@@ -53,7 +55,7 @@ class Chunk:
         offsets = {self.topic: {str(p): o for p, o in self.start.items()}}
         ending = {self.topic: {str(p): o for p, o in self.end.items()}}
         return (spark.read.format("kafka")
-                .option("kafka.bootstrap.servers", cfg.kafka.bootstrap_servers)
+                .options(**spark_kafka_options(cfg))
                 .option("subscribe", self.topic)
                 .option("startingOffsets", json.dumps(offsets)).option("endingOffsets", json.dumps(ending))
                 .option("minPartitions", str(max(cfg.job.min_partitions, -(-self.size // cfg.job.frames_per_task))))
@@ -156,7 +158,7 @@ def kafka_chunks(cfg, topic: str, start: str | int | None, end: str | int | None
     or a time: epoch seconds / ISO-8601, matched against record timestamps), cut at every
     UTC ``grain`` (day or hour) boundary and at ``chunk_frames`` frames."""
     from confluent_kafka import Consumer, TopicPartition
-    c = Consumer({"bootstrap.servers": cfg.kafka.bootstrap_servers, "group.id": "doodle-backfill-plan",
+    c = Consumer({**client_settings(cfg), "group.id": "doodle-backfill-plan",
                   "enable.auto.commit": False})
     try:
         md = c.list_topics(topic, timeout=15).topics.get(topic)

@@ -45,11 +45,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     from pyspark.sql import functions as F
+    from doodlestats.kafka import spark_kafka_options
     from doodlestats.parse import minute_of, parse_frames
     from doodlestats.session import get_spark, require_connectors
     require_connectors(prog="frame_counts")  # one line, not a stack trace, if a jar is missing
     spark = get_spark("frame_counts", cfg)
-    raw = (spark.read.format("kafka").option("kafka.bootstrap.servers", cfg.kafka.bootstrap_servers)
+    raw = (spark.read.format("kafka").options(**spark_kafka_options(cfg))
            .option("subscribe", cfg.kafka.input_topic).load())
     counts = (parse_frames(raw, args.parser).where(F.col("reason").isNull())
               .groupBy(minute_of(F.col("ts")).alias("minute")).agg(F.count(F.lit(1)).alias("frames")))

@@ -101,8 +101,9 @@ def read_tasks(cfg) -> int:
 
 def kafka_source(spark, cfg):
     from pyspark.sql import functions as F
+    from doodlestats.kafka import spark_kafka_options
     return (spark.readStream.format("kafka")
-            .option("kafka.bootstrap.servers", cfg.kafka.bootstrap_servers)
+            .options(**spark_kafka_options(cfg))
             .option("subscribe", cfg.kafka.input_topic)
             .option("startingOffsets", cfg.job.starting_offsets)
             .option("maxOffsetsPerTrigger", cfg.job.max_offsets_per_trigger)
@@ -167,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"minute_stats: error: {e}", file=sys.stderr)
         return 2
-    from doodlestats.kafka import KafkaUnavailable, check_kafka, ensure_topic
+    from doodlestats.kafka import KafkaUnavailable, check_kafka, client_settings, ensure_topic
     try:
         check_kafka(cfg, need_input=args.source == "kafka")
         ensure_topic(cfg, cfg.kafka.output_topic, cfg.kafka.output_partitions)
@@ -187,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
     from doodlestats.storage import configure_spark, delta_storage_options, join
     checkpoint, delta = str(cfg.path("checkpoint")), str(cfg.path("delta"))
     configure_spark(spark, cfg, checkpoint=checkpoint, outputs=[delta])  # object-store settings, if any
-    sinks = [KafkaSink(cfg.kafka.bootstrap_servers, cfg.kafka.output_topic)] + ([StdoutSink()] if args.print else [])
+    sinks = [KafkaSink(cfg.kafka.bootstrap_servers, cfg.kafka.output_topic, client_settings(cfg))] + ([StdoutSink()] if args.print else [])
     pipeline = MinuteStatsPipeline(spark, cfg, checkpoint, delta, sinks=sinks,
                                    storage_options=delta_storage_options(delta, cfg))
 

@@ -85,7 +85,8 @@ group.initial.rebalance.delay.ms=0
 log.retention.hours=-1
 log.retention.bytes=-1
 log.segment.bytes=268435456
-message.max.bytes=10485760
+message.max.bytes={k.max_message_bytes}
+replica.fetch.max.bytes={k.max_message_bytes}
 """
 
 
