@@ -23,6 +23,8 @@ def test_compose_matches_conf():
     assert f":{cfg.kafka.controller_port}" in env["KAFKA_CONTROLLER_QUORUM_VOTERS"]
     assert env["KAFKA_PROCESS_ROLES"] == "broker,controller"  # KRaft, as the embedded broker
     assert int(env["KAFKA_NUM_PARTITIONS"]) == cfg.kafka.input_partitions
+    # one limit for the broker and every producer, as the embedded broker's message.max.bytes
+    assert int(env["KAFKA_MESSAGE_MAX_BYTES"]) == cfg.kafka.max_message_bytes
     init = " ".join(c["services"]["kafka-init"]["command"])
     assert f"--topic {cfg.kafka.input_topic} --partitions {cfg.kafka.input_partitions}" in init
     assert f"--topic {cfg.kafka.output_topic} --partitions {cfg.kafka.output_partitions}" in init
