@@ -23,23 +23,25 @@ Every line of the input ends in exactly one of three places, and the final repor
 Lines are numbered from 1 as in the (decompressed) input; blank lines are skipped.
 
 Resume. The loader keeps a progress file (JSON, rewritten atomically every second and at
-exit): the highest line N such that every line <= N is delivered or rejected, plus the
-ranges of lines above N already handled. ``--resume`` skips exactly those lines (and the
-lines already in the rejects file) and sends the rest:
+exit): the highest line N such that every line <= N is delivered or rejected, the ranges
+of lines above N already handled, and per partition the offset after the last frame it
+knows it delivered. ``--resume`` first reads the topic from those offsets to its end:
+frames found there were delivered by the interrupted run after its last save (or written
+by the broker without an acknowledgement reaching us); their lines are done too. Then it
+skips every done line (and the lines already in the rejects file) and sends the rest:
 
-  * Ctrl-C, SIGTERM, end of input, delivery failure: the file is written after the final
-    flush, from delivery reports only, so ``--resume`` sends every line the topic does
-    not hold and none it holds — no loss, no duplicate. (A frame counted as failed after
-    the bounded wait may still have reached the broker; it is re-sent: the one case of a
-    duplicate after a graceful stop, reported as "failed".)
-  * SIGKILL, a crash, power loss: the file is at most ~1 s old, so ``--resume`` re-sends
-    the lines delivered in that last second: at-least-once for that window (duplicates
-    possible, never a loss).
+  * Ctrl-C, SIGTERM, a delivery failure, a broker that went away: no loss, no duplicate.
+  * SIGKILL, a crash, power loss: the same — the frames the killed run delivered after
+    its last save are recognised at the end of the topic, not re-sent.
+  * Assumptions: the file is read twice for this (stdin cannot be: after a SIGKILL or
+    unacknowledged frames a stdin resume is at-least-once for about the last second);
+    nobody else writes frames identical to the missing lines into the topic meanwhile.
 
-``--resume`` refuses (exit 2) a progress file of another topic, of a changed input file,
-or one that claims more frames than the topic holds (the topic was deleted or emptied).
-For stdin it cannot check the input: pipe the same data again. ``--once`` (``make run``)
-skips a file already loaded into the topic and otherwise resumes when it can.
+``--resume`` refuses (exit 2) a progress file of another topic or of a changed input file
+(size, mtime), and one whose offsets the topic no longer reaches (deleted, recreated).
+For stdin it cannot check the input: pipe the same data again. Without a progress file
+``--resume`` is a fresh load. ``--once`` (``make run``) skips a file already loaded into
+the topic and otherwise resumes when it can.
 
 Default file names: ``<input>.rejects.jsonl`` and ``<input>.<topic>.loader-progress.json``
 next to the input (for stdin: ``stdin.rejects.jsonl`` and ``stdin.<topic>.loader-progress.json``
@@ -57,8 +59,9 @@ fatal producer error · 130 / 143 stopped by SIGINT / SIGTERM with nothing faile
 (``--resume`` continues exactly) · 2 usage, configuration, missing input, broker down.
 
 Pacing (chaos and soak runs): ``--rate N`` produces at most N frames per second, evenly
-(frame i is due at start + i/N; after a stall at most 10 ms worth of frames go out at
-once, so no window is much above N). ``--live`` paces by the frames' own root ``ts``
+(frame i is due at start + i/N; the lag of a stall is made up for up to 100 ms worth of
+frames, so the average holds on a busy machine and no window of T s carries more than
+N * (T + 0.1) frames). ``--live`` paces by the frames' own root ``ts``
 (the file's time spacing replayed, ``--speed F`` times faster; ``ts`` has one-second
 resolution, so one second's frames leave together unless ``--rate`` spreads them; jumps
 of more than 10 s are not waited for).
@@ -117,10 +120,28 @@ def open_lines(path: str):
     return open(p, "rb", buffering=1 << 20)
 
 
+def _end_offsets(consumer, topic: str, partitions, timeout: float = 20.0) -> dict[int, int]:
+    """{partition: high watermark}; retried while a new topic's leaders settle (a topic
+    created a moment ago can answer NOT_LEADER_FOR_PARTITION for a while)."""
+    from confluent_kafka import KafkaException, TopicPartition
+    deadline = time.monotonic() + timeout
+    out: dict[int, int] = {}
+    for part in partitions:
+        while True:
+            try:
+                out[part] = consumer.get_watermark_offsets(TopicPartition(topic, part), timeout=5)[1]
+                break
+            except KafkaException:
+                if time.monotonic() >= deadline:
+                    raise
+                time.sleep(0.2)
+    return out
+
+
 def topic_end_offsets(bootstrap: str, topic: str, cfg: Config | None = None) -> int:
     """Sum of the high watermarks of ``topic`` (0 if it does not exist). With ``cfg``, the
     probe connects with its security settings (``client_settings``)."""
-    from confluent_kafka import Consumer, TopicPartition
+    from confluent_kafka import Consumer
     settings = {"bootstrap.servers": bootstrap}
     if cfg is not None:
         from doodlestats.kafka import client_settings
@@ -130,11 +151,7 @@ def topic_end_offsets(bootstrap: str, topic: str, cfg: Config | None = None) -> 
         md = c.list_topics(topic, timeout=10).topics.get(topic)
         if md is None or md.error is not None:
             return 0
-        total = 0
-        for p in md.partitions:
-            lo, hi = c.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
-            total += hi
-        return total
+        return sum(_end_offsets(c, topic, md.partitions).values())
     finally:
         c.close()
 
@@ -147,8 +164,10 @@ class Pacer:
     Call :meth:`wait` before each frame with that frame's ``ts`` (``None`` if unknown).
     A schedule, not a per-frame sleep: frame i is due at ``t0 + i / rate``, and the
     loop sleeps only when it is ahead of the schedule by >= 0.2 ms, so 10,000 frames/s
-    hold on a busy 2-core box. After a stall (GC, a slow broker) the schedule forgives
-    all but ``burst_s`` of the lag: a stall is never followed by a burst above the rate.
+    hold on a busy 2-core box. A token bucket of ``burst_s`` seconds: the lag of a short
+    stall (GC, another process on the core) is made up at once, so the average holds;
+    a longer lag is forgiven beyond ``burst_s``. Any window of T seconds carries at most
+    ``rate * (T + burst_s)`` frames.
 
     Example::
 
@@ -161,7 +180,7 @@ class Pacer:
     LIVE_MAX_JUMP_S = 10.0
 
     def __init__(self, rate: float | None = None, live: bool = False, speed: float = 1.0,
-                 burst_s: float = 0.01, clock=time.monotonic, sleep=time.sleep):
+                 burst_s: float = 0.1, clock=time.monotonic, sleep=time.sleep):
         if rate is not None and rate <= 0:
             raise ValueError(f"rate must be > 0, got {rate}")
         if speed <= 0:
@@ -184,7 +203,7 @@ class Pacer:
             if self.next is None:
                 self.next = now
             elif now - self.next > self.burst_s:
-                self.next = now - self.burst_s   # a stall earns no burst
+                self.next = now - self.burst_s   # a long stall earns no long burst
             due = self.next
             self.next += self.step
         if self.live and ts is not None:
@@ -466,6 +485,7 @@ class Loader:
         self._hard_stop = False
         self._reading = False
         self._last_warning = -1e9
+        self._save_warned = False
 
     # ---- signals
     def _on_signal(self, signum, _frame) -> None:
@@ -519,7 +539,15 @@ class Loader:
             self._hard_stop = True
 
     def _reject(self, line: int, reason: str, frame: bytes, error: str) -> None:
-        self.rejects.add(line, reason, frame, error)
+        try:
+            self.rejects.add(line, reason, frame, error)
+        except OSError as e:   # disk full, no permission: the frame is not accounted for, stop
+            self.report.failed += 1
+            self.report.first_failure = self.report.first_failure or \
+                f"line {line}: cannot write the rejects file {self.rejects.path} ({e})"
+            if self._stop is None or self._stop in EXIT_SIGNAL:
+                self._stop = "error: rejects file"
+            return
         self.report.rejected += 1
         self.progress.rejected += 1
         self.progress.done(line)
@@ -620,8 +648,7 @@ class Loader:
             md = c.list_topics(self.topic, timeout=10).topics.get(self.topic)
             if md is None or md.error is not None:
                 raise ResumeError(f"topic {self.topic} is not readable ({md.error if md else 'missing'})")
-            ends = {part: c.get_watermark_offsets(TopicPartition(self.topic, part), timeout=10)[1]
-                    for part in md.partitions}
+            ends = _end_offsets(c, self.topic, md.partitions)
             if not since:
                 return tail, ends
             todo = {}
@@ -775,7 +802,13 @@ class Loader:
                 now = time.monotonic()
                 if now - last_save >= PROGRESS_EVERY_S:
                     last_save = now
-                    prog.save()
+                    try:
+                        prog.save()
+                    except OSError as e:   # the final save tries again; say it once
+                        if not self._save_warned:
+                            self._save_warned = True
+                            print(f"load: warning: cannot write the progress file {prog.path}: {e}",
+                                  file=sys.stderr, flush=True)
                     if self.verbose and now - last_report >= REPORT_EVERY_S:
                         last_report = now
                         print(f"load: {rep.read:,} frames read, {rep.delivered:,} delivered, "
@@ -840,7 +873,8 @@ def load(path: str, bootstrap: str, topic: str, key: str = "uid", progress: bool
                  track_progress=False, verbose=progress, print_report=progress).run()
     if rep.exit_code != EXIT_OK:
         raise RuntimeError(f"{rep.rejected + rep.failed} of {rep.read} messages were not delivered "
-                           f"({rep.rejected} rejected, {rep.failed} failed; {rep.first_failure or ''})")
+                           f"({rep.rejected} rejected into {rep.rejects_path}, {rep.failed} failed"
+                           + (f"; first failure: {rep.first_failure})" if rep.first_failure else ")"))
     return rep.delivered
 
 
@@ -930,7 +964,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"load: error: cannot resume: {e}", file=sys.stderr)
         return EXIT_USAGE
     except (kafka_local.BrokerError, KafkaUnavailable, KafkaException, OSError) as e:
-        print(f"load: error: {e}", file=sys.stderr)
+        hint = " (choose writable places with --progress-file / --rejects)" if isinstance(e, PermissionError) else ""
+        print(f"load: error: {e}{hint}", file=sys.stderr)
         return EXIT_USAGE
     prog = loader.progress
     if loader.resuming:
