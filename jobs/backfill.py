@@ -132,15 +132,22 @@ def main(argv: list[str] | None = None) -> int:
     from doodlestats.session import register_driver
     register_driver()
     args = parse_args(argv)
+    overrides = {"kafka.bootstrap_servers": args.bootstrap_servers, "job.parser": args.parser, "job.rsd": args.rsd,
+                 "job.mode": "exact", "paths.delta": args.delta_path}
     try:
-        cfg = load_config(args.conf_file, {
-            "kafka.bootstrap_servers": args.bootstrap_servers, "job.parser": args.parser, "job.rsd": args.rsd,
-            "job.mode": "exact", "paths.delta": args.delta_path})
+        cfg = load_config(args.conf_file, overrides)
     except ConfigError as e:
         print(f"{PROG}: error: {e}", file=sys.stderr)
         return 2
     from doodlestats.session import get_spark, has_fast_parser, require_connectors
     require_connectors(kafka=bool(args.topic), prog=PROG)
+    if args.topic:  # before Spark: refused credentials/certificate or no broker, in one line
+        from doodlestats.kafka import KafkaUnavailable, check_kafka
+        try:
+            check_kafka(cfg, need_input=False)
+        except KafkaUnavailable as e:
+            print(f"{PROG}: error: {e}", file=sys.stderr)
+            return 2
     from doodlestats import source
     from doodlestats.pipeline import MinuteStatsPipeline
     from doodlestats.sinks import StdoutSink
@@ -153,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     configure_spark(spark, cfg, checkpoint=checkpoint, outputs=[delta])
     if cfg.job.parser == "jvm" and not has_fast_parser(spark):
         log(f"{PROG}: warning: doodle-udf.jar is not on the classpath; falling back to --parser python")
-        cfg = load_config(args.conf_file, {"job.parser": "python", "job.mode": "exact", "paths.delta": args.delta_path})
+        cfg = load_config(args.conf_file, {**overrides, "job.parser": "python"})
 
     try:
         if args.topic:
