@@ -45,10 +45,15 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     from pyspark.sql import functions as F
-    from doodlestats.kafka import spark_kafka_options
+    from doodlestats.kafka import KafkaUnavailable, check_kafka, spark_kafka_options
     from doodlestats.parse import minute_of, parse_frames
     from doodlestats.session import get_spark, require_connectors
     require_connectors(prog="frame_counts")  # one line, not a stack trace, if a jar is missing
+    try:  # no broker, refused credentials, missing topic: one line before Spark starts
+        check_kafka(cfg, need_input=True)
+    except KafkaUnavailable as e:
+        print(f"frame_counts: error: {e}", file=sys.stderr)
+        return 2
     spark = get_spark("frame_counts", cfg)
     raw = (spark.read.format("kafka").options(**spark_kafka_options(cfg))
            .option("subscribe", cfg.kafka.input_topic).load())
