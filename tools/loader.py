@@ -932,10 +932,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.input != "-" and not Path(args.input).is_file():
         print(f"load: error: input not found: {args.input}", file=sys.stderr)
         return EXIT_USAGE
-    from doodlestats.kafka import KafkaUnavailable
+    from doodlestats.kafka import KafkaRejected, KafkaUnavailable
     from tools import kafka_local
     try:
         kafka_local.wait_ready(cfg, timeout=15)
+    except KafkaRejected as e:  # credentials, certificate, CA file: the line says what to check
+        print(f"load: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
     except (kafka_local.BrokerError, KafkaUnavailable) as e:
         print(f"load: error: Kafka at {bootstrap} does not answer ({e}) — run `make kafka-up`", file=sys.stderr)
         return EXIT_USAGE
