@@ -14,7 +14,8 @@ driver receives O(neighbourhoods + minutes touched) rows, never a row per frame:
                → summary per (minute, partition, reason) ──────────► driver
                → quarantine rows → Parquet files ─── metadata ─────► driver
                → counting partials (Counter) ── per-minute ints / sketches, file metadata ─► driver
-    driver     advance the watermark → results (provisional / final / corrected)
+    driver     (Kafka) offsets the checkpoint expected but the broker deleted? (OffsetCheck)
+               advance the watermark → results (provisional / final / corrected)
                → sinks (Kafka, stdout) → Delta commits (files by metadata, minute_stats
                MERGE; app transaction = batch id) → state file in the checkpoint
 
@@ -24,6 +25,11 @@ versions of the last complete batch on restart. Minutes are final once the water
 (see :mod:`doodlestats.window`) passes their end; then they leave memory. Frames of a
 final minute are ``late``: quarantined, and (``late_corrections``) counted into a
 ``corrected`` result whose state is read back from Delta.
+
+Retention gaps (Kafka): the state records per partition the offset after the last frame
+read; frames the broker deleted before the job read them are found at start-up and per
+batch (:class:`OffsetCheck`) and either stop the job (:class:`DataLoss`, ``[job]
+on_data_loss = "fail"``) or are skipped and recorded in the state (``"skip"``).
 """
 
 from __future__ import annotations
@@ -45,11 +51,12 @@ from doodlestats.parse import parse_frames
 from doodlestats.results import CORRECTED, FINAL, PROVISIONAL, MinuteResult, iso
 from doodlestats.sinks import DeltaMinuteSink, Sink
 from doodlestats.staging import write_staged
-from doodlestats.state import JobState, StateStore
+from doodlestats.state import KEEP_GAPS, Gap, JobState, StateStore, find_gaps
 from doodlestats.tables import MINUTE_STATS, QUARANTINE, Tables
 from doodlestats.window import Watermark, final_col, is_final, minute_col
 
-__all__ = ["MinuteStatsPipeline", "BatchReport", "BatchSummary", "statuses", "with_file_positions"]
+__all__ = ["MinuteStatsPipeline", "BatchReport", "BatchSummary", "statuses", "with_file_positions",
+           "DataLoss", "OffsetCheck", "kafka_earliest", "partition_offsets"]
 
 QUARANTINE_FILE_SCHEMA = ("reason STRING, raw BINARY, topic STRING, partition INT, offset BIGINT, file STRING, "
                           "line BIGINT, ts BIGINT, uid STRING, minute BIGINT, batch_id BIGINT, "
@@ -114,6 +121,124 @@ class BatchSummary:
         return s
 
 
+def partition_offsets(rows: list[dict]) -> tuple[dict[str, int], dict[str, int]]:
+    """First and last offset read per "topic#partition", from the batch summary rows.
+
+    >>> partition_offsets([{"src": "t", "partition": 0, "first_offset": 5, "last_offset": 9},
+    ...                    {"src": "t", "partition": 0, "first_offset": 3, "last_offset": 7}])
+    ({'t#0': 3}, {'t#0': 9})
+    """
+    first: dict[str, int] = {}
+    last: dict[str, int] = {}
+    for r in rows:
+        k = f"{r['src']}#{r['partition']}"
+        first[k] = min(first.get(k, r["first_offset"]), r["first_offset"])
+        last[k] = max(last.get(k, r["last_offset"]), r["last_offset"])
+    return first, last
+
+
+class DataLoss(RuntimeError):
+    """Offsets the checkpoint expects are gone from the broker (retention deleted them
+    unread) and ``[job] on_data_loss`` is ``fail``. The message is the one line to show."""
+
+    def __init__(self, gaps: list[Gap]):
+        self.gaps = gaps
+        total = sum(g.count for g in gaps)
+        super().__init__(
+            "data loss: " + "; ".join(g.describe() for g in gaps) +
+            f" — the broker deleted {total:,} frame(s) before the job read them (retention). Nothing was "
+            "counted past them; to go on from the earliest available offset and record the gap, run with "
+            '--on-data-loss skip ([job] on_data_loss = "skip")')
+
+
+def kafka_earliest(cfg: Config, topic: str):
+    """A function of "topic#partition" keys → the broker's earliest available offset (low
+    watermark) of each partition of ``topic`` (other topics' keys are left out)."""
+    def earliest(keys: list[str]) -> dict[str, int]:
+        from confluent_kafka import Consumer, TopicPartition
+        from doodlestats.kafka import client_settings
+        wanted = [k for k in keys if k.rpartition("#")[0] == topic]
+        if not wanted:
+            return {}
+        c = Consumer({**client_settings(cfg), "group.id": "doodle-offset-check", "enable.auto.commit": False})
+        try:
+            return {k: c.get_watermark_offsets(TopicPartition(topic, int(k.rpartition("#")[2])), timeout=30)[0]
+                    for k in wanted}
+        finally:
+            c.close()
+    return earliest
+
+
+class OffsetCheck:
+    """Finds offsets of a Kafka source that retention deleted before the job read them.
+
+    The job state keeps, per partition, the offset after the last frame read
+    (:attr:`JobState.offsets`). :meth:`at_start` compares it with the broker's earliest
+    available offsets before the stream starts; :meth:`in_batch` does the same for a
+    batch whose first offset of a partition is beyond the expected one (asking the broker
+    only then). ``on_data_loss = "fail"`` raises :class:`DataLoss` (nothing of the batch
+    is written); ``"skip"`` logs one line per gap, goes on, and the gaps become part of
+    the next saved state (:attr:`JobState.gaps`). Spark's own check is off
+    (``failOnDataLoss=false``): Spark reads from the earliest available offset, this
+    decides.
+
+    Example::
+
+        check = OffsetCheck(kafka_earliest(cfg, "doodle"), cfg.job.on_data_loss)
+        check.at_start(StateStore(checkpoint).latest())     # raises DataLoss in "fail" mode
+        pipeline = MinuteStatsPipeline(spark, cfg, checkpoint, delta, offset_check=check)
+    """
+
+    def __init__(self, earliest, on_data_loss: str = "fail"):
+        if on_data_loss not in ("fail", "skip"):
+            raise ValueError(f"on_data_loss: expected fail or skip, got {on_data_loss!r}")
+        self.earliest, self.on_data_loss = earliest, on_data_loss
+        self.pending: list[Gap] = []     # skipped, not yet part of a saved state
+        self.found: list[dict] = []      # every gap skipped by this run (metrics)
+        self.failure: DataLoss | None = None
+
+    def expected(self, st: JobState) -> dict[str, int]:
+        """Next offset to read per partition: the state's, moved past skipped gaps."""
+        exp = dict(st.offsets or {})
+        for g in self.pending:
+            k = f"{g.topic}#{g.partition}"
+            exp[k] = max(exp.get(k, g.end), g.end)
+        return exp
+
+    def at_start(self, st: JobState) -> list[Gap]:
+        """Before the stream (re)starts: every partition the state knows is asked."""
+        return self._handle(find_gaps(self.expected(st), self.earliest), st.batch_id + 1)
+
+    def in_batch(self, st: JobState, first: dict[str, int], batch_id: int) -> list[Gap]:
+        """Inside batch ``batch_id`` (``first``: its first offset per partition)."""
+        return self._handle(find_gaps(self.expected(st), self.earliest, first), batch_id)
+
+    def _handle(self, gaps: list[Gap], batch_id: int) -> list[Gap]:
+        if not gaps:
+            return gaps
+        if self.on_data_loss == "fail":
+            self.failure = DataLoss(gaps)
+            raise self.failure
+        now = time.time()
+        for g in gaps:
+            log(f"data loss skipped: {g.describe()} — going on from offset {g.end:,} (on_data_loss = skip); "
+                f"recorded in the job state of the next batch")
+            self.found.append(g.record(batch_id, now))
+        self.pending += gaps
+        return gaps
+
+    def state(self, st: JobState, last: dict[str, int], batch_id: int) -> dict:
+        """``offsets`` and ``gaps`` of the state saved after ``batch_id`` (``last``: the
+        last offset read per partition in it). Call :meth:`saved` once it is written."""
+        offsets = {**self.expected(st), **{k: v + 1 for k, v in last.items()}}
+        now = time.time()
+        gaps = list(st.gaps or []) + [g.record(batch_id, now) for g in self.pending]
+        return {"offsets": offsets, "gaps": gaps[-KEEP_GAPS:]}
+
+    def saved(self) -> None:
+        self.pending = []
+
+
 def statuses(touched: list[int], late_minutes: list[int], open_minutes: list[int],
              watermark: int | None) -> list[tuple[int, str]]:
     """Which minutes a batch emits, with which status — the emit rule, defined once.
@@ -162,8 +287,10 @@ class MinuteStatsPipeline:
 
     def __init__(self, spark, cfg: Config, checkpoint: str, delta_root: str,
                  sinks: list[Sink] | None = None, progress: bool = True,
-                 storage_options: dict | None = None, app_id: str = "minute_stats", sketches: bool = False):
+                 storage_options: dict | None = None, app_id: str = "minute_stats", sketches: bool = False,
+                 offset_check: OffsetCheck | None = None):
         self.spark, self.cfg = spark, cfg
+        self.offset_check = offset_check  # Kafka source: retention gaps (None: files, backfill)
         for k, v in SPARK_SETTINGS.items():
             spark.conf.set(k, v)
         self.store = StateStore(checkpoint, spark=spark)
@@ -242,7 +369,8 @@ class MinuteStatsPipeline:
         minute = F.when(r.isNull() | (r == reasons.LATE), F.col("minute"))
         rows = (classified.groupBy(minute.alias("minute"), "src", "partition", "reason")
                 .agg(F.count(F.lit(1)).alias("n"), F.max("ts").alias("max_ts"),
-                     F.count(F.when(F.col("unkept"), F.lit(1))).alias("unkept"))
+                     F.count(F.when(F.col("unkept"), F.lit(1))).alias("unkept"),
+                     F.min("offset").alias("first_offset"), F.max("offset").alias("last_offset"))
                 .collect())
         return [x.asDict() for x in rows]
 
@@ -317,7 +445,10 @@ class MinuteStatsPipeline:
             rep.driver_rows += len(stats)
             t = rep.step("read+parse+guard stats", t)
             if not stats:
-                self.store.save(replace(st, batch_id=batch_id, versions=self.tables.versions()))
+                more = self.offset_check.state(st, {}, batch_id) if self.offset_check else {}
+                self.store.save(replace(st, batch_id=batch_id, versions=self.tables.versions(), **more))
+                if self.offset_check:
+                    self.offset_check.saved()
                 self.loaded_for = batch_id
             else:
                 try:
@@ -340,6 +471,9 @@ class MinuteStatsPipeline:
         rep.driver_rows += len(rows)
         s = BatchSummary.of(rows, cfg.job.late_corrections)
         rep.frames, rep.quarantined, rep.counted = s.frames, s.quarantined, sum(s.counted_per_minute.values())
+        first, last = partition_offsets(rows) if self.offset_check else ({}, {})
+        if self.offset_check:  # before anything is written: "fail" leaves the batch untouched
+            self.offset_check.in_batch(st, first, batch_id)
         t = rep.step("classify+summary", t)
 
         staged = {}
@@ -389,8 +523,11 @@ class MinuteStatsPipeline:
             if r.status != PROVISIONAL:
                 self._evict(r.minute)
         seen = [x for x in (st.max_ts, s.max_ts) if x is not None]
+        more = self.offset_check.state(st, last, batch_id) if self.offset_check else {}
         self.store.save(JobState(batch_id, max(seen) if seen else None, wm_new, gp.next_ref, partitions,
-                                 self.tables.versions()))
+                                 self.tables.versions(), **more))
+        if self.offset_check:
+            self.offset_check.saved()
         self.loaded_for = batch_id
 
     # ------------------------------------------------------------------ end of input

@@ -1,0 +1,181 @@
+"""Delete quarantine rows older than N days and remove their files: the quarantine's data
+at rest (raw frames, user ids among them) is kept for a bounded time.
+
+"Older than N days" is by the row's ``date``: the UTC day the job quarantined (wrote) it —
+the quarantine table's partition column, ``quarantined_at`` as a date — not the frame's
+``ts`` (a replay of 2016 data would otherwise be purged the day it is written). Rows whose
+date is before today (UTC) minus N days go: with N = 30 on 2026-12-01, every row written
+before 2026-11-01; the last 30 days and today stay.
+
+Two steps, both in the table's log (``DESCRIBE HISTORY`` / ``DeltaTable.history()``):
+
+1. DELETE by a partition predicate (``date < '2026-11-01'``): whole files leave the table,
+   nothing is read or rewritten.
+2. VACUUM of those files with a retention of 0 hours, so that they are really deleted
+   now, not after Delta's default 7 days (``enforce_retention_duration=False``). It is a
+   "lite" vacuum: only files the log marks as removed go — never files a running job has
+   written but not committed yet. Time travel to versions before the purge can no longer
+   read the purged rows; that is the point. Then staged files of batches that died before
+   their commit (never part of the table) are removed once they are older than N days.
+
+Run it::
+
+    make quarantine-purge                                           # [quarantine] retention_days
+    ./spark-submit.sh jobs/quarantine_purge.py --days 7 --dry-run   # what would go, per day
+    ./spark-submit.sh jobs/quarantine_purge.py --delta-path s3a://bucket/doodle/delta
+
+``--days 0`` (or ``retention_days = 0``) keeps everything. It runs next to a live job:
+the job appends today's partition, the purge deletes old ones (a commit conflict is
+retried). Exit status: 0 done (or nothing to do), 1 the purge failed, 2 bad arguments or no
+quarantine table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import sys
+import time
+from pathlib import Path
+
+try:
+    import doodlestats  # noqa: F401
+except ImportError:  # plain spark-submit from a clone: make the package importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+PROG = "quarantine_purge"
+COMMIT_ATTEMPTS = 5
+
+
+def log(msg: str) -> None:
+    print(f"{PROG}: {msg}", file=sys.stderr, flush=True)
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line, exit status 2
+        self.exit(2, f"{PROG}: error: {message} (see --help)\n")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    ap = _Parser(prog="jobs/quarantine_purge.py", description=__doc__,
+                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--days", type=int, metavar="N",
+                    help="delete rows quarantined more than N days before today, UTC "
+                         "(default [quarantine] retention_days; 0 = keep forever)")
+    ap.add_argument("--dry-run", action="store_true", help="print how many rows per day would go; change nothing")
+    ap.add_argument("--delta-path", help="root of the Delta tables ([paths] delta); a path or a URI")
+    ap.add_argument("--conf-file", help="configuration file (default conf/doodle.toml)")
+    args = ap.parse_args(argv)
+    if args.days is not None and args.days < 0:
+        ap.error(f"argument --days: must be >= 0, got {args.days}")
+    return args
+
+
+def rows_per_date(dt_table) -> dict[dt.date, tuple[int, list[str]]]:
+    """date → (rows, file paths) of the table's current files, from the log alone."""
+    import pyarrow as pa
+    acts = dt_table.get_add_actions(flatten=True)
+    acts = acts if isinstance(acts, pa.Table) else pa.table(acts)
+    out: dict[dt.date, tuple[int, list[str]]] = {}
+    if acts.num_rows == 0:
+        return out
+    for path, n, day in zip(acts.column("path").to_pylist(), acts.column("num_records").to_pylist(),
+                            acts.column("partition.date").to_pylist()):
+        rows, files = out.get(day, (0, []))
+        out[day] = (rows + int(n or 0), files + [path])
+    return out
+
+
+def _retry(what: str, fn):
+    """Run a commit, again after a conflict with a concurrent writer (the live job)."""
+    from deltalake.exceptions import CommitFailedError
+    for attempt in range(1, COMMIT_ATTEMPTS + 1):
+        try:
+            return fn()
+        except CommitFailedError as e:
+            if attempt == COMMIT_ATTEMPTS:
+                raise
+            log(f"{what}: commit conflict ({str(e).splitlines()[0]}), attempt {attempt + 1} of {COMMIT_ATTEMPTS}")
+            time.sleep(0.5 * attempt)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from doodlestats.session import register_driver
+    register_driver()
+    args = parse_args(argv)
+    from doodlestats.config import ConfigError, load_config
+    from doodlestats.storage import StorageError, delta_storage_options, to_delta_uri
+    from doodlestats.tables import QUARANTINE, Tables
+
+    def fail(msg: str, code: int = 2) -> int:
+        print(f"{PROG}: error: {msg}", file=sys.stderr, flush=True)
+        return code
+
+    try:
+        cfg = load_config(args.conf_file, {"paths.delta": args.delta_path})
+        delta = str(cfg.path("delta"))
+        opts = delta_storage_options(delta, cfg)
+    except (ConfigError, StorageError) as e:
+        return fail(str(e))
+    days = cfg.quarantine.retention_days if args.days is None else args.days
+    if days == 0:
+        log("retention 0 days: the quarantine is kept forever — nothing deleted "
+            "(set [quarantine] retention_days or --days N)")
+        return 0
+
+    from deltalake import CommitProperties, DeltaTable
+    uri = to_delta_uri(Tables(delta, PROG).path(QUARANTINE))
+    t0 = time.time()
+    try:
+        if not DeltaTable.is_deltatable(uri, storage_options=opts or None):
+            return fail(f"no quarantine table at {uri} — wrong --delta-path, or the job has not run yet")
+        table = DeltaTable(uri, storage_options=opts or None)
+    except Exception as e:  # noqa: BLE001 - unreachable store, bad URI: one line
+        return fail(f"cannot read {uri}: {str(e).splitlines()[0] if str(e) else type(e).__name__}")
+
+    today = dt.datetime.now(dt.timezone.utc).date()
+    cutoff = today - dt.timedelta(days=days)
+    per_date = rows_per_date(table)
+    old = {d: v for d, v in sorted(per_date.items()) if d is not None and d < cutoff}
+    rows = sum(n for n, _ in old.values())
+    files = [f for _, fs in old.values() for f in fs]
+    span = f"{min(old)} … {max(old)}" if old else "-"
+    log(f"{uri} (version {table.version()}) | retention {days} day(s): rows quarantined before {cutoff} go | "
+        f"{rows:,} row(s) of {len(old)} day(s) ({span}) in {len(files):,} file(s)")
+    if args.dry_run:
+        for d, (n, fs) in old.items():
+            print(f"{d}  {n:>12,} rows  {len(fs):>6,} files  would be deleted")
+        print(f"dry run: {rows:,} row(s) of {len(old)} day(s) would be deleted; "
+              f"{sum(n for n, _ in per_date.values()) - rows:,} kept")
+        return 0
+
+    try:
+        removed: list[str] = []
+        if old:
+            meta = CommitProperties(custom_metadata={"doodle.purge": f"quarantine rows before {cutoff} "
+                                                                     f"(retention {days} days)"})
+            m = _retry("delete", lambda: table.delete(f"date < '{cutoff.isoformat()}'", commit_properties=meta))
+            if m.get("num_added_files"):  # a partition predicate never rewrites; say so if it did
+                log(f"warning: the delete rewrote {m['num_added_files']} file(s)")
+            # the files just removed go now (lite: only files the log marks as removed)
+            removed = _retry("vacuum", lambda: table.vacuum(retention_hours=0, enforce_retention_duration=False,
+                                                            dry_run=False))
+            left = sorted(set(files) - set(removed))
+            if left:
+                return fail(f"{len(left)} file(s) of deleted rows are still in {uri} after the vacuum "
+                            f"(e.g. {left[0]}) — run the purge again", 1)
+        # staged files of batches that died before their commit: never in the table, and
+        # raw frames all the same; gone once older than the retention
+        orphans = _retry("vacuum", lambda: table.vacuum(retention_hours=days * 24, enforce_retention_duration=False,
+                                                        dry_run=False, full=True))
+    except Exception as e:  # noqa: BLE001 - one line, not a stack trace
+        return fail(f"purging {uri} failed: {str(e).splitlines()[0] if str(e) else type(e).__name__}", 1)
+    table.update_incremental()
+    log(f"done: deleted {rows:,} row(s) of {len(old)} day(s) ({span}), {len(removed):,} file(s) removed from "
+        f"storage; {len(orphans):,} staged file(s) of failed batches removed; table version {table.version()} | "
+        f"{time.time() - t0:.1f}s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
