@@ -32,23 +32,44 @@ class Sink(Protocol):
         """Publish ``results``; raise if they could not be published."""
 
 
-class KafkaSink:
-    """Publishes minute results to the output topic: key = window_start, value = JSON."""
+class PublishTimeout(RuntimeError):
+    """Results could not be delivered within the sink's patience."""
 
-    def __init__(self, bootstrap: str, topic: str, client_conf: dict | None = None):
+
+class KafkaSink:
+    """Publishes minute results to the output topic: key = window_start, value = JSON.
+
+    ``patience_s``: how long a write waits for a broker that went away — librdkafka keeps
+    retrying the idempotent producer's messages that long (nothing duplicated or
+    reordered) before the write raises :class:`PublishTimeout`. ``on_delivered`` is called
+    after every fully delivered write."""
+
+    def __init__(self, bootstrap: str, topic: str, client_conf: dict | None = None, patience_s: float = 30,
+                 on_delivered=None):
         from confluent_kafka import Producer
-        self.topic = topic
+        self.topic, self.patience_s, self.on_delivered = topic, patience_s, on_delivered
         self.producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5, "acks": "all",
-                                  "enable.idempotence": True, **(client_conf or {})})
+                                  "enable.idempotence": True, "message.timeout.ms": int(patience_s * 1000),
+                                  **(client_conf or {})})
         self.errors: list[str] = []
 
     def write(self, results, batch_id):
         for r in results:
-            self.producer.produce(self.topic, r.to_bytes(), r.key.encode(),
-                                  on_delivery=lambda err, _m: err and self.errors.append(str(err)))
-        left = self.producer.flush(30)
+            while True:
+                try:
+                    self.producer.produce(self.topic, r.to_bytes(), r.key.encode(),
+                                          on_delivery=lambda err, _m: err and self.errors.append(str(err)))
+                    break
+                except BufferError:  # local queue full while the broker is away
+                    self.producer.poll(1.0)
+        left = self.producer.flush(self.patience_s + 10)
         if left or self.errors:
-            raise RuntimeError(f"publishing to {self.topic} failed: {self.errors[:1] or [f'{left} undelivered']}")
+            err = self.errors[0] if self.errors else f"{left} undelivered"
+            self.errors = []
+            raise PublishTimeout(f"results of batch {batch_id} not delivered to {self.topic} within "
+                                 f"{self.patience_s:g}s ({err})")
+        if self.on_delivered is not None:
+            self.on_delivered()
 
 
 class StdoutSink:

@@ -227,38 +227,15 @@ class BrokerWatch:
         self.suspect_since = self.down_since = None
 
 
-class BrokerGone(RuntimeError):
-    """Results could not be published within BROKER_PATIENCE_S."""
-
-
 def patient_kafka_sink(cfg, watch: BrokerWatch):
     """The ``minuteStats`` sink, waiting up to ``BROKER_PATIENCE_S`` for a broker that went
-    away (librdkafka keeps retrying the idempotent producer's messages that long: nothing
-    is duplicated or reordered) instead of failing the batch after 30 s."""
+    away instead of failing the batch after 30 s; ``watch`` hears its errors and deliveries."""
     from doodlestats.kafka import client_settings
     from doodlestats.sinks import KafkaSink
 
-    class PatientKafkaSink(KafkaSink):
-        def write(self, results, batch_id):
-            for r in results:
-                while True:
-                    try:
-                        self.producer.produce(self.topic, r.to_bytes(), r.key.encode(),
-                                              on_delivery=lambda err, _m: err and self.errors.append(str(err)))
-                        break
-                    except BufferError:  # local queue full while the broker is away
-                        self.producer.poll(1.0)
-            left = self.producer.flush(BROKER_PATIENCE_S + 10)
-            if left or self.errors:
-                err = self.errors[0] if self.errors else f"{left} undelivered"
-                self.errors = []
-                raise BrokerGone(f"results of batch {batch_id} not delivered to {self.topic} within "
-                                 f"{BROKER_PATIENCE_S}s ({err})")
-            watch.back()
-
-    conf = {**client_settings(cfg), "message.timeout.ms": BROKER_PATIENCE_S * 1000,
-            "error_cb": watch.on_error, "log_level": 2, "log.connection.close": False}
-    sink = PatientKafkaSink(cfg.kafka.bootstrap_servers, cfg.kafka.output_topic, conf)
+    conf = {**client_settings(cfg), "error_cb": watch.on_error, "log_level": 2, "log.connection.close": False}
+    sink = KafkaSink(cfg.kafka.bootstrap_servers, cfg.kafka.output_topic, conf, patience_s=BROKER_PATIENCE_S,
+                     on_delivered=watch.back)
     watch.producer = sink.producer
     return sink
 
@@ -330,7 +307,7 @@ def failed(exc, offset_check, watch: BrokerWatch, spark) -> int:
     if offset_check is not None and offset_check.failure is not None:  # found inside a batch
         log(f"minute_stats: error: {offset_check.failure}")
         code = 2
-    elif watch.down_since is not None or BrokerGone.__name__ in text:
+    elif watch.down_since is not None or "PublishTimeout" in text:
         away = time.monotonic() - watch.down_since if watch.down_since is not None else BROKER_PATIENCE_S
         log(f"minute_stats: error: Kafka at {watch.bootstrap} has not answered for {away:.0f}s, longer than the "
             f"job waits ({BROKER_PATIENCE_S}s) — nothing is lost: start the job again when the broker is back, "

@@ -394,7 +394,7 @@ def test_a_broker_away_longer_than_the_job_waits_is_one_line_and_status_75(capsy
     watch.down_since = time.monotonic() - mod.BROKER_PATIENCE_S - 5
     spark_gave_up = RuntimeError("[STREAM_FAILED] ... org.apache.kafka.common.errors.TimeoutException: ...")
     assert mod.failed(spark_gave_up, None, watch, Spark()) == mod.EXIT_BROKER_GONE == 75
-    publisher_gave_up = RuntimeError("... __main__.BrokerGone: results of batch 7 not delivered to minuteStats ...")
+    publisher_gave_up = RuntimeError("... doodlestats.sinks.PublishTimeout: results of batch 7 not delivered to minuteStats ...")
     assert mod.failed(publisher_gave_up, None, mod.BrokerWatch("127.0.0.1:1"), Spark()) == 75
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 2 and all(l.startswith("minute_stats: error: Kafka at 127.0.0.1:1 has not answered for ")
