@@ -59,7 +59,7 @@ class Chunk:
                 .option("subscribe", self.topic)
                 .option("startingOffsets", json.dumps(offsets)).option("endingOffsets", json.dumps(ending))
                 .option("minPartitions", str(max(cfg.job.min_partitions, -(-self.size // cfg.job.frames_per_task))))
-                .option("kafka.max.partition.fetch.bytes", str(16 << 20))
+                .option("kafka.max.partition.fetch.bytes", str(4 << 20))  # see jobs/minute_stats.py FETCH_BYTES
                 .load()
                 .select("value", "topic", "partition", "offset",
                         F.lit(None).cast("string").alias("file"), F.lit(None).cast("bigint").alias("line")))
