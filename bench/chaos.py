@@ -739,6 +739,8 @@ def code_line(code: dict | None) -> str:
     if not code:
         return ""
     out = f"Code: commit {code['commit']}"
+    if code.get("product_commit") and code["product_commit"] != code["commit"]:
+        out += f" (product files as of {code['product_commit']})"
     if code.get("uncommitted"):
         out += f" with uncommitted changes to {', '.join(code['uncommitted'])}"
     if code.get("changed_during_run"):
@@ -811,18 +813,23 @@ def spark_flags(args) -> list[str]:
 
 
 def code_state() -> dict:
-    """The commit the run used and the product files that differed from it (a shared tree)."""
+    """The commit the run used (HEAD, and the newest commit touching the product's files) and
+    the product files that differed from it (a shared tree)."""
     def git(*a):
         return subprocess.run(["git", *a], cwd=REPO_ROOT, capture_output=True, text=True).stdout.splitlines()
-    changed = git("status", "--porcelain", "--", "doodlestats", "jobs", "tools", "java", "conf", "spark-submit.sh")
-    return {"commit": "".join(git("rev-parse", "--short", "HEAD")), "uncommitted": [x[3:] for x in changed]}
+    product = ("doodlestats", "jobs", "tools", "java", "conf", "spark-submit.sh")
+    changed = git("status", "--porcelain", "--", *product)
+    return {"commit": "".join(git("rev-parse", "--short", "HEAD")),
+            "product_commit": "".join(git("log", "-1", "--format=%h", "--", *product)),
+            "uncommitted": [x[3:] for x in changed]}
 
 
 def code_during(start: dict) -> dict:
     """The code state at the start of a run and whether it changed before its end (other
     engineers commit to the same tree; every job start uses the tree as it is then)."""
     end = code_state()
-    return {**start, "changed_during_run": end != start, **({"at_end": end} if end != start else {})}
+    changed = (end["product_commit"], end["uncommitted"]) != (start["product_commit"], start["uncommitted"])
+    return {**start, "changed_during_run": changed, **({"at_end": end} if changed else {})}
 
 
 def conf_for(args) -> Path:

@@ -157,9 +157,15 @@ def tree_rss(pid: int) -> tuple[dict[str, float], dict[str, int], int | None]:
     rss = dict.fromkeys(CLASSES, 0.0)
     count = dict.fromkeys(CLASSES, 0)
     jvm = None
-    for p in job_tree(pid):
-        cls = classify(p)
-        if cls is None:
+    tree = job_tree(pid)
+    classes = {p.pid: classify(p) for p in tree}
+    for p in tree:
+        cls = classes[p.pid]
+        try:   # a JVM's child that is a JVM too is a fork about to exec (Hadoop's shell calls):
+            fork = cls == "driver JVM" and classes.get(p.ppid()) == "driver JVM"   # its pages are the parent's
+        except psutil.Error:
+            continue
+        if cls is None or fork:
             continue
         try:
             rss[cls] += p.memory_info().rss / 2**20
