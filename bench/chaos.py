@@ -236,9 +236,9 @@ class LiveJob:
         import psutil
         tree = job_tree(self.proc.pid)
         pidfile = None   # spark-submit.sh's driver PID file: its EXIT trap does not run on SIGKILL
-        for p in tree[1:2]:
+        for p in tree[1:]:
             try:
-                pidfile = p.environ().get("DOODLE_DRIVER_PIDFILE")
+                pidfile = pidfile or p.environ().get("DOODLE_DRIVER_PIDFILE")
             except psutil.Error:
                 pass
         groups = set()
