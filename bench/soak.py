@@ -69,6 +69,7 @@ from bench.latency import WARMUP_S, ResultReader, _epoch, _pct, batch_times, lat
 
 RATE, DURATION, SEED = 5000.0, 330.0, 5
 FLAT_MB_PER_MIN = 5.0
+HEAP_EVERY_S = 60.0   # live heap by class every minute from a quarter into the load
 RATE_FLOOR = 0.99   # the loader's pacer never exceeds its rate and forgives stalls: it ends a bit below it
 CLASSES = ("driver JVM", "python driver", "python workers")
 
@@ -190,7 +191,7 @@ def jvm_heap(pid: int) -> dict | None:
             "young_gcs": int(g.get("YGC", 0)), "full_gcs": int(g.get("FGC", 0))}
 
 
-def jvm_histogram(pid: int, top: int = 12) -> dict | None:
+def jvm_histogram(pid: int, top: int = 40) -> dict | None:
     """The JVM's live heap by class (``jcmd PID GC.class_histogram``, which runs a full GC
     first): total MB and the ``top`` classes by bytes."""
     try:
@@ -213,7 +214,7 @@ def jvm_histogram(pid: int, top: int = 12) -> dict | None:
 class Sampler:
     """The samples of step 3 (see the module docstring), taken by one daemon thread."""
 
-    def __init__(self, rs: RunSpace, job: LiveJob, tick: float = 0.5):
+    def __init__(self, rs: RunSpace, job: LiveJob, tick: float = 0.5, heap_every: float = 60.0):
         from confluent_kafka import Consumer
         self.rs, self.job, self.tick = rs, job, tick
         self.consumer = Consumer({"bootstrap.servers": rs.cfg.kafka.bootstrap_servers, "group.id": "bench-soak",
@@ -222,8 +223,9 @@ class Sampler:
         self.timeline = Timeline()
         self.samples: list[dict] = []   # every 2 s: t, end, committed, rss, count, load1
         self.heap: list[dict] = []      # every 10 s
-        self.histograms: list[dict] = []  # live heap by class: a quarter into the load, at its end
-        self.histogram_at: float | None = None   # epoch s of the first one
+        self.histograms: list[dict] = []  # live heap by class: from a quarter into the load every
+        self.histogram_at: float | None = None   # heap_every s, and at its end; epoch s of the next one
+        self.heap_every = heap_every
         self.jvm: int | None = None
         self.n = 0
         self.thread = Periodic(tick, self.sample, "soak-sampler")
@@ -249,7 +251,8 @@ class Sampler:
             h = jvm_heap(jvm)
             if h:
                 self.heap.append({"t": t, **h})
-        if jvm is not None and self.histogram_at is not None and t >= self.histogram_at and not self.histograms:
+        if jvm is not None and self.histogram_at is not None and t >= self.histogram_at:
+            self.histogram_at = t + self.heap_every if self.heap_every > 0 else None
             self.histogram()
 
     def histogram(self) -> None:
@@ -316,7 +319,7 @@ def final_latencies(results: list[tuple[float, dict]], timeline: Timeline, pos: 
 
 # --------------------------------------------------------------------------- the run
 def run(conf: Path, rate: float, duration: float, users: int, seed: int, keep: bool,
-        spark_flags: list | None = None) -> dict:
+        spark_flags: list | None = None, heap_every: float = HEAP_EVERY_S) -> dict:
     """The whole soak (steps 1–4 of the module docstring); the broker must answer at
     ``conf``'s address. Returns the result dict with ``checks`` and ``ok``."""
     rs = RunSpace.new(conf, "soak", WORK_DIR / "soak")
@@ -339,7 +342,7 @@ def run(conf: Path, rate: float, duration: float, users: int, seed: int, keep: b
         with recorded("soak", errors, cleanup):
             job.start()
             facts["job_ready_s"] = round(job.wait_ready(), 1)
-            sampler = Sampler(rs, job)
+            sampler = Sampler(rs, job, heap_every=heap_every)
             sampler.thread.start()
             say(f"soak: job ready after {facts['job_ready_s']:.0f}s; loading {frames:,} frames at {rate:g}/s")
             facts["load_start"] = time.time()
@@ -347,6 +350,7 @@ def run(conf: Path, rate: float, duration: float, users: int, seed: int, keep: b
             sampler.histogram_at = facts["load_start"] + duration / 4
             loader = Loader(inp, rs.topic, conf, rate, rs.logs / "loader.err")
             facts["load_s"] = round(loader.wait(), 1)
+            sampler.histogram_at = None
             sampler.histogram()
             facts["load_end"] = facts["load_start"] + facts["load_s"]
             facts["rate_achieved"] = round(frames / facts["load_s"], 1)
@@ -529,6 +533,9 @@ def main(argv=None) -> int:
     ap.add_argument("--duration", type=float, default=DURATION, help=f"seconds of load (default {DURATION:.0f})")
     ap.add_argument("--users", type=int, default=GEN_PARAMS["users"], help="uid pool of the generated data "
                                                                           f"(default {GEN_PARAMS['users']:,})")
+    ap.add_argument("--heap-every", type=float, default=HEAP_EVERY_S, metavar="S",
+                    help=f"the driver JVM's live heap by class every S s from a quarter into the load and at "
+                         f"its end (a full GC each; default {HEAP_EVERY_S:g}; 0: only those two)")
     ap.add_argument("--seed", type=int, default=SEED, help=f"generator seed (default {SEED})")
     common_args(ap, "soak-<date>.json/.md/.png go (default bench/results/; with another --rate or "
                     "--duration bench/.work/smoke/)")
@@ -540,7 +547,8 @@ def main(argv=None) -> int:
     machine, code = machine_info(), code_state()
     try:
         with own_broker(load_config(conf)):
-            res = run(conf, args.rate, args.duration, args.users, args.seed, args.keep, spark_flags(args))
+            res = run(conf, args.rate, args.duration, args.users, args.seed, args.keep, spark_flags(args),
+                      args.heap_every)
     except BenchError as e:
         print(f"soak: error: {e}", file=sys.stderr)
         return 2
