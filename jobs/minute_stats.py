@@ -11,7 +11,7 @@ Run it::
 
     ./spark-submit.sh jobs/minute_stats.py --available-now --print
     ./spark-submit.sh jobs/minute_stats.py --mode approx --trigger 2
-    spark-submit --packages org.apache.spark:spark-sql-kafka-0-10_2.13:4.0.1,io.delta:delta-spark_4.0_2.13:4.4.0 \\
+    spark-submit --packages org.apache.spark:spark-sql-kafka-0-10_2.13:4.0.2,io.delta:delta-spark_4.0_2.13:4.4.0 \\
         --jars java/target/doodle-udf.jar jobs/minute_stats.py --available-now
 
 Without ``--available-now`` it runs until stopped; SIGTERM or Ctrl-C stop it after the
