@@ -65,7 +65,7 @@ def test_wheel_holds_the_package_and_its_schemas_and_is_rebuilt_only_on_change(t
     assert {"doodlestats/schemas/frame.schema.json", "doodlestats/schemas/minute_stats.schema.json"} <= names
     assert all(n.startswith(("doodlestats/", "doodlestats-")) for n in names), names  # no tests/, tools/, jobs/
     meta = zipfile.ZipFile(whl).read(next(n for n in names if n.endswith(".dist-info/METADATA"))).decode()
-    assert re.search(r"^Requires-Dist: pyspark<4\.1,>=4\.0\.1$", meta, re.M)
+    assert re.search(r"^Requires-Dist: pyspark<4\.1,>=4\.0\.2$", meta, re.M)
     assert "Provides-Extra: dev" in meta and "Provides-Extra: bench" in meta
 
     mtime = whl.stat().st_mtime_ns
