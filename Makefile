@@ -128,7 +128,7 @@ notebook: setup ## JupyterLab with notebooks/minute_stats.ipynb on 127.0.0.1 (NB
 chaos: setup sample ## SIGKILL the live job >= 5 times while the loader streams the sample; check exactness (CHAOS_ARGS=)
 	$(VPY) -m bench.chaos $(CHAOS_ARGS)
 
-soak: setup sample ## the job live under >= 5,000 frames/s for >= 5 min: lag, RSS, latency (SOAK_ARGS=)
+soak: setup sample ## the job live under 5,000 frames/s for 20 min: lag, RSS and live set, latency (SOAK_ARGS=)
 	$(VPY) -m bench.soak $(SOAK_ARGS)
 
 quarantine-purge: setup ## delete quarantine rows older than [quarantine] retention_days and vacuum (PURGE_ARGS=)
