@@ -1,10 +1,10 @@
 """Who holds the memory of a JVM heap dump: objects of a class grouped by their chain of
 referrers, and byte arrays grouped by the classes that hold them.
 
-    jcmd <driver JVM pid> GC.heap_dump /tmp/driver.hprof          # ~1 s for an 800 MB heap
-    python -m bench.heap_owners /tmp/driver.hprof --class org.apache.spark.sql.classic.SparkSession
-    python -m bench.heap_owners /tmp/driver.hprof --bytes          # byte[] by 3 referrer levels
-    python -m bench.heap_owners /tmp/driver.hprof --class 'java.util.concurrent.ConcurrentHashMap$Node' \\
+    jcmd <driver JVM pid> GC.heap_dump driver.hprof          # ~1 s for an 800 MB heap
+    python -m bench.heap_owners driver.hprof --class org.apache.spark.sql.classic.SparkSession
+    python -m bench.heap_owners driver.hprof --bytes          # byte[] by 3 referrer levels
+    python -m bench.heap_owners driver.hprof --class 'java.util.concurrent.ConcurrentHashMap$Node' \\
         --through '[Ljava.util.concurrent.ConcurrentHashMap$Node;'     # the maps that own the nodes
 
 How the soak's causes were found (README, "Soak"): the live SparkSessions of Spark 4.0.1
