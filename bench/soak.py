@@ -46,7 +46,7 @@ Definitions:
   full GC each: ~1 s pauses). Without ``byte[]`` and ``long[]`` (data buffers whose volume
   follows the batches in flight: it swings by ±150 MB) its slope over the steady samples
   is at most ``LIVE_FLAT_MB_PER_MIN`` (1 MB/min); and the live SparkSession count does
-  not grow (Spark 4.0.1 kept one per micro-batch: +3.9 MB/min, invisible in RSS once the
+  not grow (Spark 4.0.1 kept one per micro-batch: +3.7 MB/min, invisible in RSS once the
   heap reached its cap). 20 minutes by default, so that the steady part is long enough
   to tell a slope of 1 MB/min.
 
@@ -231,7 +231,7 @@ def jvm_histogram(pid: int, top: int = 40) -> dict | None:
 class Sampler:
     """The samples of step 3 (see the module docstring), taken by one daemon thread."""
 
-    def __init__(self, rs: RunSpace, job: LiveJob, tick: float = 0.5, heap_every: float = 60.0):
+    def __init__(self, rs: RunSpace, job: LiveJob, tick: float = 0.5, heap_every: float = HEAP_EVERY_S):
         from confluent_kafka import Consumer
         self.rs, self.job, self.tick = rs, job, tick
         self.consumer = Consumer({"bootstrap.servers": rs.cfg.kafka.bootstrap_servers, "group.id": "bench-soak",
@@ -474,7 +474,7 @@ def live_structure(hist: list[dict], t0: float, steady: float) -> dict:
     (fetched Kafka records, cached batches, broadcast join tables, pages of running tasks)
     whose volume follows the batches in flight — over the samples from ``steady``: what
     is left is the live set's structure (sessions, plans, maps, listeners); its slope is
-    where a leak of per-batch objects shows (the SparkSession leak of Spark 4.0.1: +3.9
+    where a leak of per-batch objects shows (the SparkSession leak of Spark 4.0.1: +3.7
     MB/min; the whole live heap swings ±150 MB with the buffers)."""
     pts = []
     for h in hist:
