@@ -1,7 +1,8 @@
 """Results of a benchmark run: the issue's targets, a markdown report, a bar chart, the
 table on stderr, and the section of README.md between ``<!-- bench:start -->`` and
 ``<!-- bench:end -->``. Also what the driver and the executors cost per 1M frames
-(:func:`cost_rows`), the poison rows, and a projection to more executor cores
+(:func:`cost_rows`), the floor step's per-batch comparison (:func:`floor_md`), the poison
+rows, and a projection to more executor cores
 (:func:`projection` — computed from measured CPU seconds, not measured itself).
 
     from bench.report import update_readme_section
@@ -362,6 +363,14 @@ def _backfill_md(bf: dict) -> str:
     return markdown(bf, targets_table=False)
 
 
+def floor_md(floor: dict) -> str:
+    """The floor step (``bench/floor.py``): Spark's minimal query vs the job, per micro-batch."""
+    if floor.get("error"):
+        return f"floor step failed: {floor['error']}"
+    from bench.floor import markdown as floor_markdown
+    return floor_markdown(floor, heading=False).rstrip("\n")
+
+
 def _mark(met) -> str:
     return "✅ met" if met is True else "❌ missed" if met is False else "–"
 
@@ -458,6 +467,8 @@ def markdown(result: dict) -> str:
         if cats:
             out += ["", "job_exact, bytes to the driver by kind of Spark job: "
                     + ", ".join(f"{k} {_bytes(v)}" for k, v in cats.items()) + "."]
+    if result.get("floor"):
+        out += ["", "## Per micro-batch: Spark's floor vs the job", "", floor_md(result["floor"])]
     if result.get("poison"):
         out += ["", "## Poison: replay of final minutes, garbage burst", "",
                 "The job's default driver memory (`[spark] driver_memory`); peak RSS is the whole process tree "
@@ -487,6 +498,9 @@ def readme_markdown(result: dict, link: str | None = None) -> str:
     if result.get("costs"):
         out += ["", "What the driver receives and what each side burns, per 1M frames:", "", cost_md(result["costs"]),
                 "", DRIVER_NOTE]
+    if result.get("floor"):
+        out += ["", "Per micro-batch of 1,000 frames, Spark's floor query vs the job (same topic, same run):", "",
+                floor_md(result["floor"])]
     if result.get("poison"):
         out += ["", "Poison (default driver memory; peak RSS of the whole process tree):", "",
                 poison_md(result["poison"])]
@@ -535,6 +549,13 @@ def text_table(result: dict) -> str:
         lines.append(f"cost {c['row']:<12} per 1M frames: driver rows {fmt_int(rows_1m)}, "
                      f"bytes {_bytes(c['result_bytes_per_1m'])}, driver CPU {_f(c['driver_cpu_s_per_1m'])}s, "
                      f"executor CPU {_f(c['executor_cpu_s_per_1m'])}s ({fmt_int(c['batches'])} batches)")
+    fl = result.get("floor")
+    if fl:
+        if fl.get("error"):
+            lines.append(f"floor: step failed: {fl['error']}")
+        else:
+            from bench.floor import text_table as floor_table
+            lines += [f"floor: {x}" for x in floor_table(fl).splitlines()]
     for k, r in (result.get("poison") or {}).items():
         if r.get("error"):
             lines.append(f"poison {k}: step failed: {r['error']}")

@@ -30,6 +30,10 @@ Steps (progress on stderr, the result table on stdout):
 3. parse paths in Spark and JSON vs Avro (``bench/parsers.py``, ``bench/formats.py``)
    unless ``--skip-parsers``.
 4. live latency (``bench/latency.py``) unless ``--skip-latency``.
+   Then the floor (``bench/floor.py``, ``--no-floor`` skips it): Spark's minimal stateless
+   query vs the job, per micro-batch of 1,000 frames — wall p50/p90, Spark jobs and driver
+   CPU per batch — on ``--floor-frames`` frames with defects (20,000; ``--smoke`` 3,000) in
+   topics of a broker of its own (127.0.0.1:29092, started and stopped by the step).
 5. ``bench/results/<date>.{json,md,png}`` — with the costs per 1M frames and a projection
    to more executor cores (``bench.report.projection``) — and the README section between
    ``<!-- bench:start -->``/``<!-- bench:end -->`` (``--smoke``: ``bench/.work/smoke/``,
@@ -56,6 +60,7 @@ QUIET_LOAD = 1.5
 BACKLOG_FRAMES, BACKLOG_SEED = 3_000_000, 3
 GARBAGE_FRAMES, SMOKE_GARBAGE = 1_000_000, 2_000
 SMOKE_BACKFILL = 20_000
+FLOOR_FRAMES, SMOKE_FLOOR_FRAMES = 20_000, 3_000
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -82,6 +87,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--backfill-frames", type=int,
                     help="input of the backfill rows: N generated frames (default: the run's input; "
                          f"--smoke: at most {SMOKE_BACKFILL:,})")
+    ap.add_argument("--floor", action=argparse.BooleanOptionalAction, default=True,
+                    help="run the floor step: Spark's minimal stateless query vs the job, per micro-batch of "
+                         "1,000 frames, on its own broker (bench/floor.py; default: on)")
+    ap.add_argument("--floor-frames", type=int,
+                    help=f"frames of the floor step's input, with defects (default {FLOOR_FRAMES:,}, "
+                         f"--smoke {SMOKE_FLOOR_FRAMES:,})")
+    ap.add_argument("--floor-master", help="spark-submit --master of the floor step (default: [spark] master), "
+                                           "e.g. spark://127.0.0.1:7077 after `make cluster-up`")
     ap.add_argument("--parser-frames", type=int, default=200_000, help="frames for the parse paths (200000)")
     ap.add_argument("--latency-duration", type=float, help="live replay seconds (default 150, --smoke 40)")
     ap.add_argument("--key", choices=["uid", "none"], default="uid",
@@ -197,6 +210,9 @@ def run(args: argparse.Namespace) -> int:
         raise BenchError("--backlog-frames must be >= 0 and --garbage-frames >= 1")
     if args.backfill_frames is not None and args.backfill_frames < 1:
         raise BenchError("--backfill-frames must be >= 1")
+    floor_n = args.floor_frames or (SMOKE_FLOOR_FRAMES if args.smoke else FLOOR_FRAMES)
+    if floor_n < 4:
+        raise BenchError("--floor-frames must be >= 4")
 
     frames = frames_file(args.frames)
     say(f"input {frames.path.relative_to(REPO_ROOT)}: {frames.count:,} frames, mean {frames.mean_bytes:,.0f} B")
@@ -265,6 +281,16 @@ def run(args: argparse.Namespace) -> int:
                             failures)
             if latency is None:
                 latency = {"error": failures[-1]}
+    floor = None
+    if args.floor:   # after the broker above: the floor starts and stops a broker of its own
+        from bench.floor import DEFAULT_ROUNDS
+        from bench.floor import measure as measure_floor
+        floor = _step("floor", lambda: measure_floor(floor_n, 1 if args.smoke else DEFAULT_ROUNDS,
+                                                     args.floor_master, smoke=args.smoke), failures)
+        if floor is None:
+            floor = {"error": failures[-1]}
+        else:
+            failures += [f"floor: {x}" for x in floor.get("failures") or []]
 
     from bench import report
     result = {
@@ -276,7 +302,7 @@ def run(args: argparse.Namespace) -> int:
         "results": [r for r in rows if not r.get("error")],
         "failed_rows": [r for r in rows if r.get("error")],
         "backlog": backlog, "poison": poison, "backfill": backfill,
-        "parsers": parsers, "formats": formats, "latency": latency,
+        "parsers": parsers, "formats": formats, "latency": latency, "floor": floor,
         "where_time_goes": where_time_goes(rows + ([backlog] if backlog else [])),
         "failures": failures,
     }

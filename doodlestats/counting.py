@@ -2,17 +2,18 @@
 
 A :class:`Counter` splits its work the way the job does (README "Where work runs"):
 
-* :meth:`Counter.partials` — on **executors**, per micro-batch: from the batch's counted
-  frames, one small partial result per touched minute comes back to the driver;
-* :meth:`Counter.merge`, :meth:`Counter.unique` — on the **driver**: integers or sketches
-  per open minute.
+* :meth:`Counter.partials` — on **executors**, in the batch's one counting pass: from the
+  batch's counted frames, one small partial per touched minute comes back to the driver;
+* :meth:`Counter.add`, :meth:`Counter.unique`, :meth:`Counter.from_row` — **pure** driver
+  functions on a minute's *value* (an int, or a sketch): the driver step
+  (:mod:`doodlestats.driver`) keeps one value per open minute and never mutates it.
 
 ``ExactCounter``
     The batch's distinct ``(minute, uid)`` pairs, minus the pairs each touched minute
-    already has in ``minute_uids`` (an anti-join with that table's files for the touched
-    minutes, as of the Delta version of the previous batch). Executors write the new pairs
-    to ``minute_uids``; only *the number of new users per minute* comes back. The driver
-    adds them up. Why not Spark's state store: it would live in a stateful streaming
+    already has in ``minute_uids`` (a shuffle anti-join with the files of those minutes,
+    which the caller names). Executors write the new pairs to ``minute_uids``; only *the
+    number of new users per minute* comes back, as a metric of that same write (no
+    read-back). Why not Spark's state store: it would live in a stateful streaming
     operator whose eviction follows Spark's single global watermark, while this job keeps
     a per-partition watermark, late corrections of final minutes and a replay rule tied to
     Delta versions; ``minute_uids`` must be written anyway (it is what the rollups read),
@@ -23,11 +24,10 @@ A :class:`Counter` splits its work the way the job does (README "Where work runs
 
 Example::
 
-    counter = make_counter(cfg, tables)
-    p = counter.partials(spark, counted_frames, batch_id, state)   # executors
-    for m, partial in p.per_minute.items():
-        counter.merge(m, partial)                                    # driver
-    counter.unique(m)
+    counter = make_counter("exact", 0.01, tables)
+    p = counter.partials(counted_frames, batch_id, known_files, replay=False)   # executors
+    value = counter.add(counter.zero(), p.per_minute[m])                        # driver, pure
+    counter.unique(value)
 """
 
 from __future__ import annotations
@@ -35,12 +35,15 @@ from __future__ import annotations
 import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
+from typing import Any
 
 from doodlestats import sketch
-from doodlestats.state import JobState
-from doodlestats.tables import MINUTE_STATS, MINUTE_UIDS, FileMeta, Tables
+from doodlestats.tables import MINUTE_UIDS, FileMeta, Tables
 
-__all__ = ["Counter", "ExactCounter", "ExactWithSketches", "HllCounter", "Partials", "make_counter", "hll_lg_k", "hll_rsd"]
+__all__ = ["Counter", "ExactCounter", "ExactWithSketches", "HllCounter", "Partials", "make_counter", "hll_lg_k",
+           "hll_rsd"]
+
+PAIRS_SCHEMA = "minute BIGINT, uid STRING, batch_id BIGINT"
 
 
 def hll_lg_k(rsd: float) -> int:
@@ -57,11 +60,13 @@ class Partials:
     """What the executors return for one batch: a partial per touched minute, and the files
     they staged that the driver must commit (table name → file metadata)."""
 
-    per_minute: dict[int, object] = field(default_factory=dict)
+    per_minute: dict[int, Any] = field(default_factory=dict)
     staged: dict[str, list[FileMeta]] = field(default_factory=dict)
 
 
 class Counter(ABC):
+    """A counting mode: executor partials plus pure functions on a minute's value."""
+
     mode: str
     rsd: float | None = None
 
@@ -69,78 +74,60 @@ class Counter(ABC):
         self.tables = tables
 
     @abstractmethod
-    def partials(self, spark, counted, batch_id: int, state: JobState, touched: list[int]) -> Partials:
-        """Executor work for one batch. ``counted`` has ``minute`` and ``uid``."""
+    def partials(self, counted, batch_id: int, known_files: list[str], replay: bool) -> Partials:
+        """Executor work of one batch, one Spark job. ``counted`` has ``minute`` and ``uid``;
+        ``known_files``: the ``minute_uids`` files of the minutes it may touch; ``replay``:
+        the batch's pairs are committed already (count them, write nothing)."""
 
     @abstractmethod
-    def merge(self, minute: int, partial) -> None:
-        """Fold a batch's partial into the minute's driver state."""
+    def zero(self) -> Any:
+        """The value of a minute nothing was counted in."""
 
     @abstractmethod
-    def restore(self, minute: int, row: dict | None) -> None:
-        """Driver state of ``minute`` from its stored ``minute_stats`` row (None: nothing stored)."""
+    def add(self, value: Any, partial: Any) -> Any:
+        """``value`` with a batch's partial folded in (a new value)."""
 
     @abstractmethod
-    def unique(self, minute: int) -> int:
-        """Current distinct users of ``minute``."""
+    def from_row(self, row: dict | None) -> Any:
+        """The value of a minute from its stored ``minute_stats`` row (None: nothing stored)."""
 
-    def sketch(self, minute: int) -> bytes | None:
+    @abstractmethod
+    def unique(self, value: Any) -> int:
+        """Distinct users of a minute with ``value``."""
+
+    def sketch(self, value: Any) -> bytes | None:
         return None
-
-    @abstractmethod
-    def evict(self, minute: int) -> None:
-        """Forget ``minute`` (final: its value is in Delta)."""
-
-    @abstractmethod
-    def open_minutes(self) -> int:
-        ...
 
 
 class ExactCounter(Counter):
     mode = "exact"
 
-    def __init__(self, tables: Tables):
-        super().__init__(tables)
-        self.users: dict[int, int] = {}
-
-    def partials(self, spark, counted, batch_id, state, touched):
+    def partials(self, counted, batch_id, known_files, replay):
         from pyspark.sql import functions as F
-        from doodlestats.staging import write_staged
-        out = Partials()
-        if not touched:
-            return out
+        from doodlestats.staging import count_by_minute, write_staged
         pairs = counted.select("minute", "uid").distinct()
-        version = (state.versions or {}).get(MINUTE_UIDS)
-        files = self.tables.files_overlapping(MINUTE_UIDS, min(touched), max(touched), version) \
-            if version is not None else []
-        if files:
-            known = (spark.read.schema("minute BIGINT, uid STRING").parquet(*files)
-                     .where(F.col("minute").isin(touched)).select("minute", "uid"))
+        if known_files:
+            known = (counted.sparkSession.read.schema(PAIRS_SCHEMA).parquet(*known_files)
+                     .select("minute", "uid").hint("shuffle_hash"))  # a shuffle, not a broadcast job
             pairs = pairs.join(known, ["minute", "uid"], "left_anti")
-        if self.tables.committed(MINUTE_UIDS, batch_id):  # a replay: count, do not write again
-            out.per_minute = {r["minute"]: r["count"] for r in pairs.groupBy("minute").count().collect()}
-            return out
+        if replay:  # a replay: count, do not write again
+            return Partials(per_minute=count_by_minute(pairs))
         rows = pairs.select("minute", "uid", F.lit(batch_id).cast("bigint").alias("batch_id"),
                             F.to_date(F.timestamp_seconds("minute")).alias("date"))
-        metas, per_minute = write_staged(spark, rows, self.tables.stage_uri(MINUTE_UIDS, batch_id),
-                                         "minute BIGINT, uid STRING, batch_id BIGINT", by_minute=True)
-        out.per_minute, out.staged[MINUTE_UIDS] = per_minute, metas
-        return out
+        metas, per_minute = write_staged(rows, self.tables.stage_uri(MINUTE_UIDS, batch_id))
+        return Partials(per_minute=per_minute, staged={MINUTE_UIDS: metas})
 
-    def merge(self, minute, partial):
-        self.users[minute] = self.users.get(minute, 0) + int(partial)
+    def zero(self):
+        return 0
 
-    def restore(self, minute, row):
-        self.users[minute] = int(row["unique_users"]) if row else 0
+    def add(self, value, partial):
+        return value + int(partial)
 
-    def unique(self, minute):
-        return self.users.get(minute, 0)
+    def from_row(self, row):
+        return int(row["unique_users"]) if row else 0
 
-    def evict(self, minute):
-        self.users.pop(minute, None)
-
-    def open_minutes(self):
-        return len(self.users)
+    def unique(self, value):
+        return value
 
 
 class HllCounter(Counter):
@@ -150,42 +137,28 @@ class HllCounter(Counter):
         super().__init__(tables)
         self.lg_k = hll_lg_k(rsd)
         self.rsd = hll_rsd(self.lg_k)
-        self.sketches: dict[int, bytes] = {}
-        self.estimates: dict[int, int] = {}
 
-    def partials(self, spark, counted, batch_id, state, touched):
+    def partials(self, counted, batch_id, known_files, replay):
         from pyspark.sql import functions as F
-        if not touched:
-            return Partials()
         rows = counted.groupBy("minute").agg(F.expr(f"hll_sketch_agg(uid, {self.lg_k})").alias("sk")).collect()
         return Partials(per_minute={r["minute"]: bytes(r["sk"]) for r in rows})
 
-    def merge(self, minute, partial):
-        old = self.sketches.get(minute)
-        merged, n = sketch.union([partial] if old is None else [old, partial], self.lg_k)
-        self.sketches[minute], self.estimates[minute] = merged, n
+    def zero(self):
+        return (None, 0)
 
-    def restore(self, minute, row):
+    def add(self, value, partial):
+        old = value[0]
+        return sketch.union([partial] if old is None else [old, partial], self.lg_k)
+
+    def from_row(self, row):
         h = row.get("hll") if row else None
-        if h is not None:
-            self.sketches[minute] = bytes(h)
-            self.estimates[minute] = int(row["unique_users"])
-        else:
-            self.sketches.pop(minute, None)
-            self.estimates[minute] = 0
+        return (bytes(h), int(row["unique_users"])) if h is not None else (None, 0)
 
-    def unique(self, minute):
-        return self.estimates.get(minute, 0)
+    def unique(self, value):
+        return value[1]
 
-    def sketch(self, minute):
-        return self.sketches.get(minute)
-
-    def evict(self, minute):
-        self.sketches.pop(minute, None)
-        self.estimates.pop(minute, None)
-
-    def open_minutes(self):
-        return len(self.estimates)
+    def sketch(self, value):
+        return value[0]
 
 
 class ExactWithSketches(Counter):
@@ -198,34 +171,27 @@ class ExactWithSketches(Counter):
         super().__init__(tables)
         self.exact, self.hll = ExactCounter(tables), HllCounter(tables, rsd)
 
-    def partials(self, spark, counted, batch_id, state, touched):
-        e = self.exact.partials(spark, counted, batch_id, state, touched)
-        h = self.hll.partials(spark, counted, batch_id, state, touched)
+    def partials(self, counted, batch_id, known_files, replay):
+        e = self.exact.partials(counted, batch_id, known_files, replay)
+        h = self.hll.partials(counted, batch_id, known_files, replay)   # a second job (backfill chunks only)
         e.per_minute = {m: (e.per_minute.get(m, 0), h.per_minute.get(m)) for m in set(e.per_minute) | set(h.per_minute)}
         return e
 
-    def merge(self, minute, partial):
+    def zero(self):
+        return (0, self.hll.zero())
+
+    def add(self, value, partial):
         n, sk = partial
-        self.exact.merge(minute, n)
-        if sk is not None:
-            self.hll.merge(minute, sk)
+        return (value[0] + int(n), self.hll.add(value[1], sk) if sk is not None else value[1])
 
-    def restore(self, minute, row):
-        self.exact.restore(minute, row)
-        self.hll.restore(minute, row)
+    def from_row(self, row):
+        return (self.exact.from_row(row), self.hll.from_row(row))
 
-    def unique(self, minute):
-        return self.exact.unique(minute)
+    def unique(self, value):
+        return value[0]
 
-    def sketch(self, minute):
-        return self.hll.sketch(minute)
-
-    def evict(self, minute):
-        self.exact.evict(minute)
-        self.hll.evict(minute)
-
-    def open_minutes(self):
-        return self.exact.open_minutes()
+    def sketch(self, value):
+        return self.hll.sketch(value[1])
 
 
 def make_counter(mode: str, rsd: float, tables: Tables, sketches: bool = False) -> Counter:
@@ -235,6 +201,3 @@ def make_counter(mode: str, rsd: float, tables: Tables, sketches: bool = False) 
     if mode == "approx":
         return HllCounter(tables, rsd)
     raise ValueError(f"mode must be exact or approx, got {mode!r}")
-
-
-_ = MINUTE_STATS  # the table the driver state is restored from (see pipeline._restore)

@@ -26,7 +26,7 @@ coordinates): nothing is quarantined without them.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from pyspark.sql import Column
 from pyspark.sql import functions as F
@@ -67,28 +67,42 @@ def nb_col(size: int) -> Column:
 
 def neighbourhood_stats(parsed, size: int) -> list[dict]:
     """Per neighbourhood (``src``, ``partition``, ``nb``): median ts of parsed frames, their
-    count, all frames, last offset — one Spark aggregation, one row per neighbourhood.
+    count, all frames, first and last offset, the frames whose raw bytes are kept and their
+    bytes, and the minutes of the parsed frames — one Spark aggregation, one row per
+    neighbourhood. It is the batch's first job, and what else the driver must know before
+    the counting pass (offsets for the retention check, which ``minute_uids`` files the
+    anti-join reads, whether the quarantine rows are few enough to come along) rides on it.
 
-    ``parsed`` has ``src``, ``partition``, ``offset``, ``ts`` and ``reason`` (null = parsed).
-    The median is Spark's ``percentile_approx`` with accuracy 1,000: a rank error of at
-    most 1 frame in a 1,000-frame neighbourhood, far finer than the hour-scale
-    ``max_skew_s`` (accuracy 10,000 cost 3x the time, measured on 3M rows).
+    ``parsed`` has ``src``, ``partition``, ``offset``, ``ts``, ``reason`` (null = parsed) and
+    ``raw`` (null unless kept). The median is Spark's ``percentile_approx`` with accuracy
+    1,000: a rank error of at most 1 frame in a 1,000-frame neighbourhood, far finer than
+    the hour-scale ``max_skew_s`` (accuracy 10,000 cost 3x the time, measured on 3M rows).
     """
     good = F.col("reason").isNull()
+    minute = F.col("ts") - F.pmod(F.col("ts"), F.lit(60))
     rows = (parsed.groupBy("src", "partition", nb_col(size).alias("nb"))
             .agg(F.percentile_approx(F.when(good, F.col("ts")), 0.5, 1000).alias("med"),
                  F.count(F.when(good, F.lit(1))).alias("good"), F.count(F.lit(1)).alias("total"),
-                 F.max("offset").alias("last"))
+                 F.min("offset").alias("first"), F.max("offset").alias("last"),
+                 F.count("raw").alias("kept"), F.sum(F.length("raw")).alias("kept_bytes"),
+                 F.collect_set(F.when(good, minute)).alias("minutes"))
             .collect())
     return [r.asDict() for r in rows]
 
 
 @dataclass(frozen=True)
 class GuardPlan:
+    """The driver's reading of a batch's neighbourhood statistics (pure, see :func:`plan`)."""
+
     refs: list[tuple]          # (src, partition, nb, ref) per neighbourhood; ref may be None
     batch_ref: int | None      # median of the batch (or the previous reference)
     next_ref: int | None       # reference handed to the next batch
     frames: int                # frames in the batch
+    first: dict = field(default_factory=dict)   # "src#partition" → first offset read
+    last: dict = field(default_factory=dict)    # "src#partition" → last offset read
+    minutes: list = field(default_factory=list)  # minutes an accepted frame may have
+    kept: int = 0              # frames whose raw bytes are kept (possible quarantine rows) ...
+    kept_bytes: int = 0        # ... and their bytes
 
 
 def _weighted_median(pairs: list[tuple[int, int]]) -> int | None:
@@ -104,23 +118,43 @@ def _weighted_median(pairs: list[tuple[int, int]]) -> int | None:
     return int(pairs[-1][0])
 
 
-def plan(stats: list, prev_ref: int | None, min_neighbours: int) -> GuardPlan:
-    """Choose each neighbourhood's reference from the collected statistics."""
+def _possible(minute: int, ref: int | None, max_skew: int) -> bool:
+    """Can a frame of ``minute`` be within ``max_skew`` of ``ref``?"""
+    return ref is None or (minute <= ref + max_skew and minute + 59 >= ref - max_skew)
+
+
+def plan(stats: list, prev_ref: int | None, min_neighbours: int, max_skew: int = 0) -> GuardPlan:
+    """Choose each neighbourhood's reference from the collected statistics.
+
+    >>> p = plan([{"src": "t", "partition": 0, "nb": 0, "med": 600, "good": 9, "total": 10, "first": 0,
+    ...            "last": 9, "kept": 1, "kept_bytes": 30, "minutes": [600, 0]}], None, 5, max_skew=120)
+    >>> p.refs, p.next_ref, p.first, p.last, p.minutes
+    ([('t', 0, 0, 600)], 600, {'t#0': 0}, {'t#0': 9}, [600])
+    """
     good = sum(r["good"] for r in stats)
     batch_ref = _weighted_median([(r["med"], r["good"]) for r in stats]) if good >= min_neighbours else None
     if batch_ref is None:
         batch_ref = prev_ref
     refs = []
     newest: dict[tuple, tuple[int, int | None]] = {}
+    first: dict[str, int] = {}
+    last: dict[str, int] = {}
+    minutes: set[int] = set()
     for r in stats:
         ref = r["med"] if r["good"] >= min_neighbours else batch_ref
         refs.append((r["src"], r["partition"], r["nb"], ref))
+        minutes.update(m for m in r.get("minutes") or [] if _possible(m, ref, max_skew))
         k = (r["src"], r["partition"])
+        key = f"{r['src']}#{r['partition']}"
+        lo = r.get("first", r["last"])
+        first[key] = min(first.get(key, lo), lo)
+        last[key] = max(last.get(key, r["last"]), r["last"])
         if r["good"] >= min_neighbours and (k not in newest or r["last"] > newest[k][0]):
             newest[k] = (r["last"], r["med"])
     newest_meds = sorted(m for _, m in newest.values() if m is not None)
     next_ref = newest_meds[len(newest_meds) // 2] if newest_meds else batch_ref
-    return GuardPlan(refs, batch_ref, next_ref, sum(r["total"] for r in stats))
+    return GuardPlan(refs, batch_ref, next_ref, sum(r["total"] for r in stats), first, last, sorted(minutes),
+                     sum(r.get("kept") or 0 for r in stats), sum(r.get("kept_bytes") or 0 for r in stats))
 
 
 def with_verdicts(parsed, guard_plan: "GuardPlan", size: int, max_skew: int):

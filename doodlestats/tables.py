@@ -146,7 +146,7 @@ class Tables:
             return False
         actions = []
         for f in files:
-            stats = {"numRecords": int(f["rows"])}
+            stats = {"numRecords": int(f["rows"])} if f.get("rows") is not None else {}
             if f.get("min") is not None:
                 stats["minValues"] = {"minute": int(f["min"])}
                 stats["maxValues"] = {"minute": int(f["max"])}
@@ -163,7 +163,7 @@ class Tables:
         from deltalake import write_deltalake
         if self.committed(name, batch_id):
             return False
-        write_deltalake(self._rs(name), rows.cast(SCHEMAS[name]), mode="append",
+        write_deltalake(self._rs(name), rows.cast(SCHEMAS[name]), mode="append", partition_by=["date"],
                         commit_properties=self._props(name, batch_id), storage_options=self.storage_options)
         return True
 
@@ -189,6 +189,10 @@ class Tables:
     def files_overlapping(self, name: str, lo: int, hi: int, version: int | None) -> list[str]:
         """URIs (as Spark reads them) of the data files of ``name`` as of ``version`` whose
         ``minute`` range may overlap ``[lo, hi]`` (files without stats are included)."""
+        return [u for u, a, b in self._file_ranges(name, version) if a is None or b is None or (a <= hi and b >= lo)]
+
+    def _file_ranges(self, name: str, version: int | None) -> list[tuple[str, int | None, int | None]]:
+        """(URI, min minute, max minute) of each data file of ``name`` as of ``version``."""
         dt = self.table(name, version)
         acts = dt.get_add_actions(flatten=True)
         acts = pa.table(acts) if not isinstance(acts, pa.Table) else acts
@@ -198,10 +202,20 @@ class Tables:
         names = acts.column_names
         mins = acts.column("min.minute").to_pylist() if "min.minute" in names else [None] * len(paths)
         maxs = acts.column("max.minute").to_pylist() if "max.minute" in names else [None] * len(paths)
+        return [(p if is_uri(p) else join(self.path(name), p), a, b) for p, a, b in zip(paths, mins, maxs)]
+
+    def files_with_minutes(self, name: str, minutes: list[int], version: int | None) -> list[str]:
+        """Like :meth:`files_overlapping`, for a set of minutes: the files whose ``minute``
+        range contains one of ``minutes``."""
+        import bisect
+        if not minutes:
+            return []
+        ms = sorted(minutes)
         out = []
-        for p, a, b in zip(paths, mins, maxs):
-            if a is None or b is None or (a <= hi and b >= lo):
-                out.append(p if is_uri(p) else join(self.path(name), p))
+        for uri, a, b in self._file_ranges(name, version):
+            i = bisect.bisect_left(ms, a) if a is not None else 0
+            if a is None or b is None or (i < len(ms) and ms[i] <= b):
+                out.append(uri)
         return out
 
     def versions(self) -> dict[str, int]:

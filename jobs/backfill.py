@@ -150,6 +150,7 @@ def main(argv: list[str] | None = None) -> int:
             return 2
     from doodlestats import source
     from doodlestats.pipeline import MinuteStatsPipeline
+    from doodlestats.progress import Progress as Totals
     from doodlestats.sinks import StdoutSink
     from doodlestats.storage import HadoopFS, configure_spark, delta_storage_options, is_uri, join
 
@@ -190,27 +191,28 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     sinks = [StdoutSink()] if args.print else []
-    pipeline = MinuteStatsPipeline(spark, cfg, checkpoint, delta, sinks=sinks, progress=False,
+    totals = Totals(show=False)
+    pipeline = MinuteStatsPipeline(spark, cfg, checkpoint, delta, sinks=sinks,
                                    storage_options=delta_storage_options(delta, cfg),
-                                   app_id=f"backfill:{rid}", sketches=True)
+                                   app_id=f"backfill:{rid}", sketches=True, on_batch=totals)
     total = sum(c.size for c in chunks)
     log(f"{PROG}: {len(chunks)} chunk(s), {total:,} {unit} → {delta} | checkpoint {checkpoint}")
     bar = Progress(len(chunks), total, unit)
     started = time.time()
     for i, chunk in enumerate(chunks):
-        if pipeline.store.done(i):
+        if pipeline.done(i):
             bar.update(chunk.size, 0, chunk.label, skipped=True)
             continue
         rep = pipeline.process_batch(chunk.read(spark, cfg), i)
         bar.update(chunk.size, rep.frames, chunk.label)
     final = pipeline.flush()
-    q = " ".join(f"{k}={v}" for k, v in sorted(pipeline.quarantined_total.items())) or "none"
-    log(f"{PROG}: done in {time.time() - started:.1f}s: {pipeline.totals['frames']:,} frames, "
-        f"{pipeline.totals['counted']:,} counted, quarantined {q}; {len(final)} minute(s) final at the end")
+    q = " ".join(f"{k}={v}" for k, v in sorted(totals.quarantined.items())) or "none"
+    log(f"{PROG}: done in {time.time() - started:.1f}s: {totals.totals['frames']:,} frames, "
+        f"{totals.totals['counted']:,} counted, quarantined {q}; {len(final)} minute(s) final at the end")
     if args.metrics_file:
         Path(args.metrics_file).write_text(json.dumps({
-            **pipeline.totals, "seconds": round(time.time() - started, 3), "chunks": len(chunks),
-            "quarantined": dict(pipeline.quarantined_total)}, indent=1))
+            **totals.totals, "seconds": round(time.time() - started, 3), "chunks": len(chunks),
+            "quarantined": dict(totals.quarantined)}, indent=1))
     spark.stop()
     return 0
 

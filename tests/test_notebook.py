@@ -65,7 +65,7 @@ def make_runs(spark, tmp: Path, count: int = 3300, rate: float = 10, users: int 
     for mode in modes:
         cfg = load_config(write_conf(tmp / f"{mode}.toml", **{"job.mode": mode}))
         root = tmp / f"delta-{mode}"
-        p = MinuteStatsPipeline(spark, cfg, str(tmp / f"ckpt-{mode}"), str(root), progress=False)
+        p = MinuteStatsPipeline(spark, cfg, str(tmp / f"ckpt-{mode}"), str(root))
         for batch_id, df in enumerate(frames):
             p.process_batch(df, batch_id)
         roots[mode] = str(root)

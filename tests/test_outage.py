@@ -126,12 +126,9 @@ def produce(cfg, topic: str, lines: list[bytes]) -> None:
 
 
 def job_module():
-    """jobs/minute_stats.py as a module (its publisher and broker watch)."""
-    import importlib.util
-    spec = importlib.util.spec_from_file_location("minute_stats_job", ROOT / "jobs" / "minute_stats.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    """The streaming runner of jobs/minute_stats.py (its publisher and broker watch)."""
+    from doodlestats import streaming
+    return streaming
 
 
 def delta_table(path):
@@ -300,7 +297,8 @@ def test_a_gap_inside_a_batch_fails_before_anything_is_written_or_is_skipped(spa
     jump the broker does not confirm (transaction markers) is no gap."""
     from conftest import write_conf
     from doodlestats.config import load_config
-    from doodlestats.pipeline import DataLoss, MinuteStatsPipeline, OffsetCheck
+    from doodlestats.offsets import DataLoss, OffsetCheck
+    from doodlestats.pipeline import MinuteStatsPipeline
     from test_minute_stats import recount
     from tools.generator import GenConfig, generate
 
@@ -315,7 +313,7 @@ def test_a_gap_inside_a_batch_fails_before_anything_is_written_or_is_skipped(spa
         asked.append(list(keys))
         return {k: low[k] for k in keys}
 
-    p = MinuteStatsPipeline(spark, cfg, ckpt, delta, progress=False, offset_check=OffsetCheck(earliest, "fail"))
+    p = MinuteStatsPipeline(spark, cfg, ckpt, delta, offset_check=OffsetCheck(earliest, "fail"))
     p.process_batch(df.where("offset < 1000"), 0)
     assert p.store.latest().offsets == {"t#0": 1000} and not asked
     versions = p.tables.versions()
@@ -325,7 +323,7 @@ def test_a_gap_inside_a_batch_fails_before_anything_is_written_or_is_skipped(spa
         p.process_batch(df.where("offset >= 1500 AND offset < 2500"), 1)
     assert p.tables.versions() == versions and not p.store.done(1)
 
-    q = MinuteStatsPipeline(spark, cfg, ckpt, delta, progress=False, offset_check=OffsetCheck(earliest, "skip"))
+    q = MinuteStatsPipeline(spark, cfg, ckpt, delta, offset_check=OffsetCheck(earliest, "skip"))
     q.process_batch(df.where("offset >= 1500 AND offset < 2500"), 1)
     st = q.store.latest()
     assert [{k: g[k] for k in ("topic", "partition", "from", "to", "count", "batch_id")} for g in st.gaps] == \

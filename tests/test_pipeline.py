@@ -30,7 +30,7 @@ def test_replay_after_a_crash_between_commits_counts_every_frame_once(spark, tmp
     cfg = load_config(write_conf(tmp_path / "c.toml", **{"job.mode": mode}))
     ckpt, delta = str(tmp_path / "ckpt"), str(tmp_path / "delta")
 
-    p = MinuteStatsPipeline(spark, cfg, ckpt, delta, progress=False)
+    p = MinuteStatsPipeline(spark, cfg, ckpt, delta)
     p.process_batch(b0, 0)
 
     def crash(_state):
@@ -39,7 +39,7 @@ def test_replay_after_a_crash_between_commits_counts_every_frame_once(spark, tmp
     with pytest.raises(RuntimeError):
         p.process_batch(b1, 1)
 
-    restarted = MinuteStatsPipeline(spark, cfg, ckpt, delta, progress=False)
+    restarted = MinuteStatsPipeline(spark, cfg, ckpt, delta)
     restarted.process_batch(b1, 1)
     restarted.flush()
     want = {m["minute"]: (m["unique_users"], m["frames"]) for m in truth["minutes"]}
@@ -58,7 +58,7 @@ def test_a_replayed_batch_that_completed_is_skipped(spark, tmp_path):
     lines, truth = generate(GenConfig(count=2000, rate=40, users=300, seed=32))
     df = spark.createDataFrame([(v, "t", 0, i, None, None) for i, v in enumerate(lines)], SOURCE)
     cfg = load_config(write_conf(tmp_path / "c.toml"))
-    p = MinuteStatsPipeline(spark, cfg, str(tmp_path / "ckpt"), str(tmp_path / "delta"), progress=False)
+    p = MinuteStatsPipeline(spark, cfg, str(tmp_path / "ckpt"), str(tmp_path / "delta"))
     p.process_batch(df, 0)
     assert p.process_batch(df, 0).skipped
     p.flush()
@@ -77,14 +77,14 @@ def test_a_quarantine_is_written_once_when_a_batch_is_replayed(spark, tmp_path):
     df = spark.createDataFrame([(v, "t", 0, i, None, None) for i, v in enumerate(lines)], SOURCE)
     cfg = load_config(write_conf(tmp_path / "c.toml"))
     ckpt, delta = str(tmp_path / "ckpt"), str(tmp_path / "delta")
-    p = pipeline.MinuteStatsPipeline(spark, cfg, ckpt, delta, progress=False)
+    p = pipeline.MinuteStatsPipeline(spark, cfg, ckpt, delta)
 
     def crash(_state):
         raise RuntimeError("killed after the Delta commits")
     p.store.save = crash
     with pytest.raises(RuntimeError):
         p.process_batch(df, 0)
-    pipeline.MinuteStatsPipeline(spark, cfg, ckpt, delta, progress=False).process_batch(df, 0)
+    pipeline.MinuteStatsPipeline(spark, cfg, ckpt, delta).process_batch(df, 0)
     want = sum(v for k, v in truth["defects"].items() if k not in ("string_ts", "delayed"))
     assert want > 10
     q = Tables(delta, "x").read(QUARANTINE)
@@ -135,7 +135,7 @@ def test_an_outlier_that_was_not_a_suspect_is_quarantined_with_its_bytes(spark, 
     df = spark.createDataFrame([(v, "t", 0, i, None, None) for i, v in enumerate(lines)], SOURCE).coalesce(1)
     cfg = load_config(write_conf(tmp_path / "c.toml"))
     delta = str(tmp_path / "delta")
-    p = MinuteStatsPipeline(spark, cfg, str(tmp_path / "ckpt"), delta, progress=False)
+    p = MinuteStatsPipeline(spark, cfg, str(tmp_path / "ckpt"), delta)
     rep = p.process_batch(df, 0)
     p.flush()
     assert "were not suspects in the first pass" in capsys.readouterr().err

@@ -61,7 +61,7 @@ def rows_by_date(table) -> Counter:
 def written(spark, tmp_path_factory):
     """A quarantine table with bad frames quarantined 40, 31, 30 and 0 days ago, written by
     the pipeline (its clock shifted for each batch)."""
-    from doodlestats import pipeline as pipeline_mod
+    from doodlestats import stages as stages_mod  # its clock stamps quarantined_at
     from doodlestats.config import load_config
     from doodlestats.pipeline import MinuteStatsPipeline
     from tools.generator import GenConfig, generate
@@ -70,14 +70,14 @@ def written(spark, tmp_path_factory):
     cfg = load_config(conf)
     lines, truth = generate(GenConfig(count=4000, rate=40, users=300, seed=61, malformed_frac=0.05))
     df = spark.createDataFrame([(v, "t", 0, i, None, None) for i, v in enumerate(lines)], SOURCE)
-    p = MinuteStatsPipeline(spark, cfg, str(tmp / "ckpt"), str(tmp / "delta"), progress=False)
-    real = pipeline_mod.time
+    p = MinuteStatsPipeline(spark, cfg, str(tmp / "ckpt"), str(tmp / "delta"))
+    real = stages_mod.time
     try:
         for i, age in enumerate(AGES):
-            pipeline_mod.time = Shifted(age)
+            stages_mod.time = Shifted(age)
             p.process_batch(df.where(f"offset >= {i * 1000} AND offset < {(i + 1) * 1000}"), i)
     finally:
-        pipeline_mod.time = real
+        stages_mod.time = real
     table = tmp / "delta" / "quarantine"
     today = dt.datetime.now(dt.timezone.utc).date()
     assert set(rows_by_date(table)) == {today - dt.timedelta(days=a) for a in AGES}

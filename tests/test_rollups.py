@@ -100,7 +100,7 @@ def _pipeline_tables(spark, lines, root: Path, mode: str) -> Path:
     from doodlestats.pipeline import MinuteStatsPipeline
     root.mkdir(parents=True, exist_ok=True)
     cfg = load_config(write_conf(root / "c.toml", **{"job.mode": mode}))
-    p = MinuteStatsPipeline(spark, cfg, str(root / "ckpt"), str(root / "delta"), progress=False)
+    p = MinuteStatsPipeline(spark, cfg, str(root / "ckpt"), str(root / "delta"))
     p.process_batch(_source(spark, lines, root / "a.jsonl"), 0)
     p.flush()
     return root
@@ -310,7 +310,7 @@ def test_new_minutes_recompute_only_the_periods_they_touch(spark, frames, exact_
     lines_b = [_frame(ts, uid) for ts, uid in LATE] + lines_b
     pairs_b = recount(lines_b)
     cfg = load_config(write_conf(tmp_path / "c.toml", **{"job.mode": "exact"}))
-    p = MinuteStatsPipeline(spark, cfg, str(root / "ckpt"), str(root / "delta"), progress=False)
+    p = MinuteStatsPipeline(spark, cfg, str(root / "ckpt"), str(root / "delta"))
     rep_b = p.process_batch(_source(spark, lines_b, tmp_path / "b.jsonl", len(lines_a)), 1)
     p.flush()
     assert dict(rep_b.quarantined) == {"late": 2} and rep_b.counted == len(lines_b)

@@ -83,7 +83,7 @@ def sample(secure):
     d = secure[0]
     gen = GenConfig(count=12_000, rate=60, users=1500, seed=23, max_delay=3, delay_prob=0.05,
                     string_ts_frac=0.05, malformed_frac=0.01)
-    truth = write(gen, str(d / "s.jsonl.gz"), str(d / "s.truth.json"), progress=False)
+    truth = write(gen, str(d / "s.jsonl.gz"), str(d / "s.truth.json"))
     return d / "s.jsonl.gz", truth
 
 
@@ -230,7 +230,7 @@ import sys
 sys.path.insert(0, {jobs!r})
 from doodlestats.config import load_config
 from doodlestats.session import get_spark
-from minute_stats import kafka_source
+from doodlestats.streaming import kafka_source
 cfg = load_config({conf!r})
 df = kafka_source(get_spark("explain", cfg), cfg)
 df.explain(True)

@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from doodlestats import reasons  # noqa: E402
-from doodlestats.pipeline import BatchSummary  # noqa: E402
+from doodlestats.driver import BatchSummary  # noqa: E402
 from doodlestats.results import FIELDS, MINUTE_STATS_SCHEMA, MinuteResult, json_schema  # noqa: E402
 from doodlestats.window import Watermark, is_final, minute_of  # noqa: E402
 
@@ -72,9 +72,10 @@ def test_output_schema_is_defined_once():
 def test_emit_rule_statuses():
     import doctest
 
-    from doodlestats import pipeline
-    assert doctest.testmod(pipeline, verbose=False).failed == 0
-    from doodlestats.pipeline import statuses
+    from doodlestats import driver, guard
+    assert doctest.testmod(driver, verbose=False).failed == 0
+    assert doctest.testmod(guard, verbose=False).failed == 0
+    from doodlestats.driver import statuses
     # nothing final without a watermark; a touched minute is never emitted twice
     assert statuses([0, 60], [], [0, 60], None) == [(0, "provisional"), (60, "provisional")]
     assert statuses([0], [], [0, -60, -120], 0) == [(0, "provisional"), (-120, "final"), (-60, "final")]

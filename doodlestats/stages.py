@@ -1,0 +1,121 @@
+"""The executor stages of a micro-batch, as Spark plans (nothing runs until an action).
+
+``read``     parse the root ``ts``/``uid``, keep raw bytes only of possible quarantine cases
+``classify`` guard verdicts (broadcast references), ``minute``, ``late``: the final ``reason``
+``summary``  the batch's summary and its few quarantine rows as metrics of the counting pass
+``quarantine_rows`` the rows of the ``quarantine`` table
+
+The source columns are ``value`` (binary), ``topic``, ``partition``, ``offset`` (Kafka)
+or ``file``, ``line`` (files; :func:`with_file_positions` numbers them).
+"""
+
+from __future__ import annotations
+
+import time
+
+from pyspark.sql import DataFrame
+from pyspark.sql import functions as F
+
+from doodlestats import guard, reasons
+from doodlestats.parse import parse_frames
+from doodlestats.staging import tally_col
+from doodlestats.window import final_col, minute_col
+
+__all__ = ["read", "classify", "counted", "summary_metrics", "few_quarantine_rows", "quarantine_rows",
+           "with_file_positions"]
+
+
+def with_file_positions(df: DataFrame) -> DataFrame:
+    """Source columns for a batch of text-file rows (``value``, ``file``).
+
+    Each file is one Spark partition read in order (the files source sets the split size
+    so), so the row index inside the partition is the line number. ``partition`` is a
+    stable id of the file, ``offset`` the 0-based line: the guard's neighbourhoods and
+    the quarantine's coordinates then work as for Kafka.
+    """
+    if "offset" in df.columns:
+        return df
+    idx = F.monotonically_increasing_id().bitwiseAND(F.lit((1 << 33) - 1))
+    return df.select("value", F.lit(None).cast("string").alias("topic"),
+                     (F.crc32(F.col("file")) % F.lit(2 ** 31)).cast("int").alias("partition"),
+                     idx.alias("offset"), "file", (idx + 1).alias("line"))
+
+
+def read(src: DataFrame, parser: str, max_skew: int, watermark: int | None, prev_ref: int | None) -> DataFrame:
+    """Parse and keep what later stages need; raw bytes only where the frame may be
+    quarantined (:func:`guard.keep_raw`). Cached per frame: keep it narrow (topic/file
+    are ``src``, told apart by ``line``)."""
+    parsed = parse_frames(src, parser)
+    keep = guard.keep_raw(parsed.sparkSession, max_skew, watermark, prev_ref)
+    return (parsed.withColumn("keep", keep)
+            .select("ts", "uid", "reason", F.coalesce("topic", "file").alias("src"), "partition", "offset",
+                    "line", F.when(F.col("keep"), F.col("value")).alias("raw")))
+
+
+def classify(frames: DataFrame, gp: guard.GuardPlan, watermark: int | None, size: int, max_skew: int) -> DataFrame:
+    """Verdicts on executors: final ``reason`` (parse reason, ts_outlier, late), ``minute``,
+    ``unkept`` (an outlier whose raw bytes were not kept)."""
+    v = guard.with_verdicts(frames, gp, size, max_skew)
+    minute = minute_col(F.col("ts"))
+    late = F.col("reason").isNull() & ~F.col("outlier") & final_col(minute, watermark)
+    reason = (F.when(F.col("outlier"), F.lit(reasons.TS_OUTLIER)).when(late, F.lit(reasons.LATE))
+              .otherwise(F.col("reason")))
+    return (v.withColumn("minute", minute).withColumn("reason", reason)
+            .withColumn("unkept", F.col("outlier") & F.col("raw").isNull()).drop("outlier"))
+
+
+def counted(classified: DataFrame, late_corrections: bool) -> DataFrame:
+    """The frames that are counted: accepted ones, and late ones with corrections on."""
+    r = F.col("reason")
+    return classified.where(r.isNull() | ((r == reasons.LATE) & F.lit(bool(late_corrections))))
+
+
+def summary_metrics(with_rows: bool, batch_id: int, now_us: int) -> list:
+    """Aggregates over the classified frames: the summary (one entry per minute × source
+    partition × reason, ``doodle_tally``) and, if ``with_rows``, the quarantine rows
+    themselves — only when the batch's statistics bounded their number and bytes."""
+    r = F.col("reason")
+    minute = F.when(r.isNull() | (r == reasons.LATE), F.col("minute"))
+    out = [tally_col(minute, "src", "partition", "reason", "ts", "offset", "unkept")]
+    if with_rows:  # JSON (raw as base64): the driver adds batch_id and the time (see few_quarantine_rows)
+        row = F.struct(*_quarantine_cols(batch_id, now_us)[:10])
+        out.append(F.to_json(F.collect_list(F.when(r.isNotNull() & ~F.col("unkept"), row))))
+    return out
+
+
+def few_quarantine_rows(text: str | None, batch_id: int, now_us: int):
+    """The quarantine rows :func:`summary_metrics` collected, as an Arrow table."""
+    import base64
+    import datetime as dt
+    import json
+    import pyarrow as pa
+    from doodlestats.tables import QUARANTINE, SCHEMAS
+    at = dt.datetime.fromtimestamp(now_us / 1e6, dt.timezone.utc)
+    rows = [{**r, "raw": base64.b64decode(r["raw"]) if r.get("raw") is not None else None, "batch_id": batch_id,
+             "quarantined_at": at, "date": at.date()} for r in json.loads(text or "[]")]
+    return pa.Table.from_pylist(rows, schema=SCHEMAS[QUARANTINE])
+
+
+def quarantine_rows(src: DataFrame, classified: DataFrame, unkept: int, batch_id: int, now_us: int) -> DataFrame:
+    """The batch's quarantine rows (executors). Outliers that were not suspects have no raw
+    bytes in the cache: theirs come from the source again (a join on the coordinates)."""
+    r = F.col("reason")
+    q = classified.where(r.isNotNull() & ~F.col("unkept"))
+    if unkept:
+        fix = (classified.where(F.col("unkept")).drop("raw")
+               .join(src.select("partition", "offset", F.col("value").alias("raw")), ["partition", "offset"]))
+        q = q.unionByName(fix)
+    return q.select(*_quarantine_cols(batch_id, now_us))
+
+
+def _quarantine_cols(batch_id: int, now_us: int) -> list:
+    r = F.col("reason")
+    at = F.timestamp_micros(F.lit(now_us))
+    return ["reason", "raw", F.when(F.col("line").isNull(), F.col("src")).alias("topic"), "partition", "offset",
+            F.when(F.col("line").isNotNull(), F.col("src")).alias("file"), "line", "ts", "uid",
+            F.when(r == reasons.LATE, F.col("minute")).alias("minute"),
+            F.lit(batch_id).cast("bigint").alias("batch_id"), at.alias("quarantined_at"), F.to_date(at).alias("date")]
+
+
+def now_us() -> int:
+    return int(time.time() * 1e6)
