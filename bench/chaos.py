@@ -127,7 +127,7 @@ def defect_frames(frames: int, rate: float, seed: int = GEN_PARAMS["seed"], user
     except (OSError, ValueError):
         pass
     say(f"generating {frames:,} frames with defects into {path}")
-    return path, write(gen, str(path), str(truth_path))
+    return path, write(gen, str(path), str(truth_path), progress=False)
 
 
 # --------------------------------------------------------------------------- the job

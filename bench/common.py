@@ -134,7 +134,7 @@ def frames_file(frames: int | None, seed: int | None = None) -> Frames:
             (truth.get("params") or {}).get("seed", params["seed"]) != params["seed"]:
         from tools.generator import GenConfig, write
         say(f"generating {frames:,} frames (seed {params['seed']}) into {path.relative_to(REPO_ROOT)}")
-        truth = write(GenConfig(count=frames, **params), str(path), str(truth_path))
+        truth = write(GenConfig(count=frames, **params), str(path), str(truth_path), progress=False)
     return Frames(path, frames, truth["bytes"] / max(frames, 1), truth_path)
 
 

@@ -264,11 +264,11 @@ def run_replay(cfg, frames: Frames, work: Path, profile: bool = True, key: str =
     try:
         ensure_topic(cfg, topic, cfg.kafka.input_partitions)
         say(f"replay: loading {frames.count:,} frames into {topic}, first run (all minutes final)")
-        load(str(frames.path), cfg.kafka.bootstrap_servers, topic, key=key)
+        load(str(frames.path), cfg.kafka.bootstrap_servers, topic, key=key, progress=False)
         first = run_job("replay", topic, work, profile=profile, mode="exact", run_dir=run_dir, fresh=False,
                         keep_tables=True, tag="first")
         say(f"replay: first run {_poison_summary(first)}; loading the same frames again")
-        load(str(frames.path), cfg.kafka.bootstrap_servers, topic, key=key)
+        load(str(frames.path), cfg.kafka.bootstrap_servers, topic, key=key, progress=False)
         if topic_messages(cfg, topic) != 2 * frames.count:
             raise BenchError(f"{topic} does not hold {2 * frames.count:,} messages after the second load")
         load_before = os.getloadavg()[0]

@@ -98,7 +98,7 @@ def soak_frames(rate: float, duration: float, users: int, seed: int, out_dir: Pa
     say(f"soak: generating {n:,} frames (event rate {rate:g}/s, {users:,} users, seed {seed}) into {path}")
     t0 = time.monotonic()
     truth = write(GenConfig(count=n, rate=float(rate), users=users, seed=seed, start_ts=int(time.time())),
-                  str(path), str(path.with_suffix("").with_suffix(".truth.json")))
+                  str(path), str(path.with_suffix("").with_suffix(".truth.json")), progress=False)
     say(f"soak: generated in {time.monotonic() - t0:.0f}s")
     return path, truth
 

@@ -429,9 +429,9 @@ def test_write_gz_and_plain(tmp_path):
     cfg = GenConfig(count=9000, seed=4, malformed_frac=0.05, delay_prob=0.1, max_delay=3)
     lines, truth = generate(cfg)
     p1, p2, p3 = tmp_path / "a.jsonl.gz", tmp_path / "b.jsonl.gz", tmp_path / "c.jsonl"
-    t1 = write(cfg, str(p1), str(tmp_path / "t.json"))
-    write(cfg, str(p2))
-    write(cfg, str(p3))
+    t1 = write(cfg, str(p1), str(tmp_path / "t.json"), progress=False)
+    write(cfg, str(p2), progress=False)
+    write(cfg, str(p3), progress=False)
     assert t1 == truth == json.loads((tmp_path / "t.json").read_text())
     assert p1.read_bytes() == p2.read_bytes()  # byte-identical gzip
     with gzip.open(p1, "rb") as f:  # several gzip members, read as one stream
@@ -442,7 +442,7 @@ def test_write_gz_and_plain(tmp_path):
 
 def test_write_empty_gz(tmp_path):
     p = tmp_path / "e.jsonl.gz"
-    write(GenConfig(count=0), str(p))
+    write(GenConfig(count=0), str(p), progress=False)
     with gzip.open(p, "rb") as f:
         assert f.read() == b""
 

@@ -75,9 +75,9 @@ def stream(kafka, tmp_path_factory):
     d = tmp_path_factory.mktemp("stream")
     cfg = GenConfig(count=40_000, rate=110, users=4000, seed=11, max_delay=4, delay_prob=0.05,
                     string_ts_frac=0.1, malformed_frac=0.01, bitflip_frac=0.002)
-    truth = write(cfg, str(d / "s.jsonl.gz"), str(d / "truth.json"))
+    truth = write(cfg, str(d / "s.jsonl.gz"), str(d / "truth.json"), progress=False)
     topic = new_topic(kafka, "e2e", 3)
-    assert load(str(d / "s.jsonl.gz"), kafka.kafka.bootstrap_servers, topic) == 40_000
+    assert load(str(d / "s.jsonl.gz"), kafka.kafka.bootstrap_servers, topic, progress=False) == 40_000
     return topic, truth
 
 
