@@ -44,20 +44,20 @@ def register_suspect(spark) -> bool:
         return False
 
 
-def keep_raw(spark, max_skew: int, watermark: int | None, prev_ref: int | None) -> Column:
-    """True for frames whose raw bytes are kept because they may be quarantined.
+def keep_raw(suspects: bool, max_skew: int, watermark: int | None, prev_ref: int | None) -> str:
+    """Spark SQL: true for frames whose raw bytes are kept because they may be quarantined.
 
-    Needs columns ``ts`` and ``reason``. Without the JVM function (no jar) the previous
-    batch's reference stands in for the running median; a first batch then keeps all.
+    Needs columns ``ts`` and ``reason``. ``suspects``: the JVM function is registered
+    (:func:`register_suspect`); without it the previous batch's reference stands in for
+    the running median, and a first batch keeps all.
     """
-    c = F.col("reason").isNotNull()
-    if watermark is not None:
-        c = c | ((F.col("ts") - F.pmod(F.col("ts"), F.lit(60)) + F.lit(60)) <= F.lit(watermark))
-    if register_suspect(spark):
-        return c | F.expr(f"{SUSPECT_FN}(ts, CAST({int(max_skew)} AS BIGINT))")
+    from doodlestats.window import final_sql, minute_sql
+    c = f"reason IS NOT NULL OR {final_sql(minute_sql('ts'), watermark)}"
+    if suspects:
+        return f"{c} OR {SUSPECT_FN}(ts, CAST({int(max_skew)} AS BIGINT))"
     if prev_ref is None:
-        return F.lit(True)
-    return c | (F.abs(F.col("ts") - F.lit(prev_ref)) > F.lit(max_skew))
+        return "true"
+    return f"{c} OR abs(ts - {int(prev_ref)}) > {int(max_skew)}"
 
 
 def nb_col(size: int) -> Column:
@@ -160,12 +160,14 @@ def plan(stats: list, prev_ref: int | None, min_neighbours: int, max_skew: int =
 def with_verdicts(parsed, guard_plan: "GuardPlan", size: int, max_skew: int):
     """``parsed`` plus a boolean column ``outlier``: a parsed frame whose ts is more than
     ``max_skew`` from its neighbourhood's reference. Runs on executors: the references
-    (one row per neighbourhood) are broadcast."""
-    refs = [r for r in guard_plan.refs if r[3] is not None]
+    (one per neighbourhood) travel inside the plan as one map literal (a JSON string Spark
+    folds once) — no join, no broadcast job."""
+    import json
+    refs = {f"{s}#{p}#{nb}": ref for s, p, nb, ref in guard_plan.refs if ref is not None}
     if not refs:
         return parsed.withColumn("outlier", F.lit(False))
-    spark = parsed.sparkSession
-    rdf = spark.createDataFrame(refs, "src string, partition int, nb bigint, ref bigint")
-    j = parsed.withColumn("nb", nb_col(size)).join(F.broadcast(rdf), ["src", "partition", "nb"], "left")
-    far = F.col("reason").isNull() & F.col("ref").isNotNull() & (F.abs(F.col("ts") - F.col("ref")) > F.lit(max_skew))
-    return j.withColumn("outlier", F.coalesce(far, F.lit(False))).drop("nb", "ref")
+    table = F.from_json(F.lit(json.dumps(refs)), "map<string,bigint>")
+    ref = F.element_at(table, F.concat_ws("#", F.col("src"), F.col("partition").cast("string"),
+                                          nb_col(size).cast("string")))
+    far = F.col("reason").isNull() & ref.isNotNull() & (F.abs(F.col("ts") - ref) > F.lit(max_skew))
+    return parsed.withColumn("outlier", F.coalesce(far, F.lit(False)))

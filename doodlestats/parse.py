@@ -73,8 +73,8 @@ def parse_frames(df: DataFrame, parser: str = "jvm") -> DataFrame:
     if parser not in PARSERS:
         raise ValueError(f"parser must be one of {PARSERS}, got {parser!r}")
     out = {"jvm": _jvm, "python": _python, "spark": _spark}[parser](df)
-    return (out.withColumn("ts", F.col("_p.ts")).withColumn("uid", F.col("_p.uid"))
-               .withColumn("reason", F.col("_p.reason")).drop("_p"))
+    return out.selectExpr(*[f"`{c}`" for c in df.columns if c not in ("ts", "uid", "reason")],
+                          "_p.ts AS ts", "_p.uid AS uid", "_p.reason AS reason")
 
 
 def minute_of(ts: Column) -> Column:

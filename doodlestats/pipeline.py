@@ -50,6 +50,10 @@ SPARK_SETTINGS = {
     # adaptive execution runs each shuffle's map side as a job of its own: a batch's
     # shuffles stay stages of one job (shuffle partitions are sized to the cores already)
     "spark.sql.adaptive.enabled": "false",
+    # staged files are committed by the Delta log, not by the folder: no _SUCCESS marker and
+    # task outputs moved once (a dead attempt's folder is never referenced; vacuum removes it)
+    "mapreduce.fileoutputcommitter.marksuccessfuljobs": "false",
+    "mapreduce.fileoutputcommitter.algorithm.version": "2",
 }
 #: Quarantine rows come to the driver with the counting pass (and are committed by
 #: delta-rs) when the batch's kept raw bytes are at most this much; else executors write them.
@@ -95,6 +99,7 @@ class MinuteStatsPipeline:
         for k, v in SPARK_SETTINGS.items():
             spark.conf.set(k, v)
         self.tally = register_tally(spark)  # without the jar: the summary is a job of its own
+        self.suspects = guard.register_suspect(spark)
         self.jobs = SparkJobs(spark)
         self.store = StateStore(checkpoint, spark=spark)
         self.tables = Tables(delta_root, app_id=app_id, storage_options=storage_options)
@@ -160,7 +165,7 @@ class MinuteStatsPipeline:
         """read → guard → classify → count (+ summary) → quarantine → driver step → commit."""
         g, t = self.cfg.guard, time.time()
         src = stages.with_file_positions(df)
-        frames = stages.read(src, self.cfg.job.parser, g.max_skew_s, st.watermark, st.ref_ts)
+        frames = stages.read(src, self.cfg.job.parser, self.suspects, g.max_skew_s, st.watermark, st.ref_ts)
         frames = frames.persist(StorageLevel.MEMORY_AND_DISK)
         try:
             stats = guard.neighbourhood_stats(frames, g.neighbourhood)                       # job 1
@@ -190,7 +195,7 @@ class MinuteStatsPipeline:
         few = self.tally and gp.kept <= RIDE_ALONG_ROWS and gp.kept_bytes <= RIDE_ALONG_BYTES
         batch_id, now_us = rep.batch_id, stages.now_us()
         if self.tally:
-            with observed(classified, *stages.summary_metrics(few, batch_id, now_us)) as (watched, get):
+            with observed(classified, *stages.summary_metrics(few)) as (watched, get):
                 partials = self._partials(watched, gp, st, batch_id)
             values = get() if few else [get()]
             rows = tally_rows(values[0])
@@ -208,9 +213,6 @@ class MinuteStatsPipeline:
         counted = stages.counted(classified, self.cfg.job.late_corrections)
         version = (st.versions or {}).get(MINUTE_UIDS)
         known = self.tables.files_with_minutes(MINUTE_UIDS, gp.minutes, version) if version is not None else []
-        if known:
-            from pyspark.sql import functions as F
-            counted = counted.where(F.col("minute").isin(gp.minutes))
         return self.counter.partials(counted, batch_id, known, self.tables.committed(MINUTE_UIDS, batch_id))
 
     @staticmethod

@@ -19,7 +19,7 @@ from pyspark.sql import functions as F
 from doodlestats import guard, reasons
 from doodlestats.parse import parse_frames
 from doodlestats.staging import tally_col
-from doodlestats.window import final_col, minute_col
+from doodlestats.window import final_sql, minute_sql
 
 __all__ = ["read", "classify", "counted", "summary_metrics", "few_quarantine_rows", "quarantine_rows",
            "with_file_positions"]
@@ -41,45 +41,43 @@ def with_file_positions(df: DataFrame) -> DataFrame:
                      idx.alias("offset"), "file", (idx + 1).alias("line"))
 
 
-def read(src: DataFrame, parser: str, max_skew: int, watermark: int | None, prev_ref: int | None) -> DataFrame:
+def read(src: DataFrame, parser: str, suspects: bool, max_skew: int, watermark: int | None,
+         prev_ref: int | None) -> DataFrame:
     """Parse and keep what later stages need; raw bytes only where the frame may be
     quarantined (:func:`guard.keep_raw`). Cached per frame: keep it narrow (topic/file
     are ``src``, told apart by ``line``)."""
-    parsed = parse_frames(src, parser)
-    keep = guard.keep_raw(parsed.sparkSession, max_skew, watermark, prev_ref)
-    return (parsed.withColumn("keep", keep)
-            .select("ts", "uid", "reason", F.coalesce("topic", "file").alias("src"), "partition", "offset",
-                    "line", F.when(F.col("keep"), F.col("value")).alias("raw")))
+    keep = guard.keep_raw(suspects, max_skew, watermark, prev_ref)
+    return parse_frames(src, parser).selectExpr(
+        "ts", "uid", "reason", "coalesce(topic, file) AS src", "partition", "offset", "line",
+        f"CASE WHEN {keep} THEN value END AS raw")
 
 
 def classify(frames: DataFrame, gp: guard.GuardPlan, watermark: int | None, size: int, max_skew: int) -> DataFrame:
     """Verdicts on executors: final ``reason`` (parse reason, ts_outlier, late), ``minute``,
     ``unkept`` (an outlier whose raw bytes were not kept)."""
     v = guard.with_verdicts(frames, gp, size, max_skew)
-    minute = minute_col(F.col("ts"))
-    late = F.col("reason").isNull() & ~F.col("outlier") & final_col(minute, watermark)
-    reason = (F.when(F.col("outlier"), F.lit(reasons.TS_OUTLIER)).when(late, F.lit(reasons.LATE))
-              .otherwise(F.col("reason")))
-    return (v.withColumn("minute", minute).withColumn("reason", reason)
-            .withColumn("unkept", F.col("outlier") & F.col("raw").isNull()).drop("outlier"))
+    minute = minute_sql("ts")
+    late = f"reason IS NULL AND NOT outlier AND {final_sql(minute, watermark)}"
+    return v.selectExpr("ts", "uid", "src", "partition", "offset", "line", "raw", f"{minute} AS minute",
+                        f"CASE WHEN outlier THEN '{reasons.TS_OUTLIER}' WHEN {late} THEN '{reasons.LATE}' "
+                        f"ELSE reason END AS reason", "outlier AND raw IS NULL AS unkept")
 
 
 def counted(classified: DataFrame, late_corrections: bool) -> DataFrame:
     """The frames that are counted: accepted ones, and late ones with corrections on."""
-    r = F.col("reason")
-    return classified.where(r.isNull() | ((r == reasons.LATE) & F.lit(bool(late_corrections))))
+    late = f" OR reason = '{reasons.LATE}'" if late_corrections else ""
+    return classified.where(f"reason IS NULL{late}")
 
 
-def summary_metrics(with_rows: bool, batch_id: int, now_us: int) -> list:
+def summary_metrics(with_rows: bool) -> list:
     """Aggregates over the classified frames: the summary (one entry per minute × source
     partition × reason, ``doodle_tally``) and, if ``with_rows``, the quarantine rows
     themselves — only when the batch's statistics bounded their number and bytes."""
-    r = F.col("reason")
-    minute = F.when(r.isNull() | (r == reasons.LATE), F.col("minute"))
-    out = [tally_col(minute, "src", "partition", "reason", "ts", "offset", "unkept")]
+    minute = f"CASE WHEN reason IS NULL OR reason = '{reasons.LATE}' THEN minute END"
+    out = [F.expr(tally_col(minute, "src", "partition", "reason", "ts", "offset", "unkept"))]
     if with_rows:  # JSON (raw as base64): the driver adds batch_id and the time (see few_quarantine_rows)
-        row = F.struct(*_quarantine_cols(batch_id, now_us)[:10])
-        out.append(F.to_json(F.collect_list(F.when(r.isNotNull() & ~F.col("unkept"), row))))
+        row = "named_struct(" + ", ".join(f"'{name}', {sql}" for name, sql in _QUARANTINE_COLS[:10]) + ")"
+        out.append(F.expr(f"to_json(collect_list(CASE WHEN reason IS NOT NULL AND NOT unkept THEN {row} END))"))
     return out
 
 
@@ -99,22 +97,23 @@ def few_quarantine_rows(text: str | None, batch_id: int, now_us: int):
 def quarantine_rows(src: DataFrame, classified: DataFrame, unkept: int, batch_id: int, now_us: int) -> DataFrame:
     """The batch's quarantine rows (executors). Outliers that were not suspects have no raw
     bytes in the cache: theirs come from the source again (a join on the coordinates)."""
-    r = F.col("reason")
-    q = classified.where(r.isNotNull() & ~F.col("unkept"))
+    q = classified.where("reason IS NOT NULL AND NOT unkept")
     if unkept:
-        fix = (classified.where(F.col("unkept")).drop("raw")
+        fix = (classified.where("unkept").drop("raw")
                .join(src.select("partition", "offset", F.col("value").alias("raw")), ["partition", "offset"]))
         q = q.unionByName(fix)
-    return q.select(*_quarantine_cols(batch_id, now_us))
+    at = f"timestamp_micros({int(now_us)})"
+    return q.selectExpr(*[f"{sql} AS {name}" for name, sql in _QUARANTINE_COLS],
+                        f"CAST({int(batch_id)} AS BIGINT) AS batch_id", f"{at} AS quarantined_at",
+                        f"to_date({at}) AS date")
 
 
-def _quarantine_cols(batch_id: int, now_us: int) -> list:
-    r = F.col("reason")
-    at = F.timestamp_micros(F.lit(now_us))
-    return ["reason", "raw", F.when(F.col("line").isNull(), F.col("src")).alias("topic"), "partition", "offset",
-            F.when(F.col("line").isNotNull(), F.col("src")).alias("file"), "line", "ts", "uid",
-            F.when(r == reasons.LATE, F.col("minute")).alias("minute"),
-            F.lit(batch_id).cast("bigint").alias("batch_id"), at.alias("quarantined_at"), F.to_date(at).alias("date")]
+#: The quarantine table's columns from a classified frame (batch_id and the time are added).
+_QUARANTINE_COLS = [
+    ("reason", "reason"), ("raw", "raw"), ("topic", "CASE WHEN line IS NULL THEN src END"),
+    ("partition", "partition"), ("offset", "offset"), ("file", "CASE WHEN line IS NOT NULL THEN src END"),
+    ("line", "line"), ("ts", "ts"), ("uid", "uid"), ("minute", f"CASE WHEN reason = '{reasons.LATE}' THEN minute END"),
+]
 
 
 def now_us() -> int:

@@ -42,15 +42,11 @@ def register_tally(spark) -> bool:
         return False
 
 
-def tally_col(minute="minute", src=None, partition=None, reason=None, ts=None, offset=None, unkept=None):
-    """``doodle_tally(...)`` over the given columns (names or Columns; None: a typed null)."""
-    from pyspark.sql import Column
-    from pyspark.sql import functions as F
-    types = ["bigint", "string", "int", "string", "bigint", "bigint", "boolean"]
+def tally_col(minute="minute", src=None, partition=None, reason=None, ts=None, offset=None, unkept=None) -> str:
+    """``doodle_tally(...)`` as Spark SQL over the given SQL expressions (None: a typed null)."""
+    types = ["BIGINT", "STRING", "INT", "STRING", "BIGINT", "BIGINT", "BOOLEAN"]
     args = [minute, src, partition, reason, ts, offset, unkept]
-    cols = [(a if isinstance(a, Column) else F.col(a)).cast(t) if a is not None else F.lit(None).cast(t)
-            for a, t in zip(args, types)]
-    return F.call_function(TALLY_FN, *cols)
+    return f"{TALLY_FN}(" + ", ".join(f"CAST({'NULL' if a is None else a} AS {t})" for a, t in zip(args, types)) + ")"
 
 
 def tally_rows(text: str | None) -> list[dict]:
@@ -88,7 +84,7 @@ def write_staged(df, stage_uri: str, minute_stats: bool = True) -> tuple[list[Fi
     from doodlestats.storage import HadoopFS
     spark = df.sparkSession
     tasked = df.withColumn("_task", F.spark_partition_id())
-    with observed(tasked, tally_col("minute", src=F.col("date").cast("string"), partition="_task")) as (watched, get):
+    with observed(tasked, F.expr(tally_col("minute", src="date", partition="_task"))) as (watched, get):
         watched.drop("_task").write.mode("errorifexists").partitionBy("date").parquet(stage_uri)
     per_task = tally_rows(get())          # entries: (minute, date, task) → rows
     fs = HadoopFS(spark)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["MINUTE_S", "minute_of", "is_final", "minute_col", "Watermark"]
+__all__ = ["MINUTE_S", "minute_of", "is_final", "minute_col", "final_col", "minute_sql", "final_sql", "Watermark"]
 
 MINUTE_S = 60
 
@@ -41,6 +41,16 @@ def final_col(minute, watermark: int | None):
     if watermark is None:
         return F.lit(False)
     return (minute + F.lit(MINUTE_S)) <= F.lit(int(watermark))
+
+
+def minute_sql(ts: str = "ts") -> str:
+    """:func:`minute_of` as Spark SQL."""
+    return f"({ts} - pmod({ts}, {MINUTE_S}))"
+
+
+def final_sql(minute: str, watermark: int | None) -> str:
+    """:func:`is_final` as Spark SQL (false without a watermark)."""
+    return "false" if watermark is None else f"({minute} + {MINUTE_S} <= {int(watermark)})"
 
 
 @dataclass(frozen=True)

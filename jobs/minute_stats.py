@@ -159,6 +159,29 @@ def write_metrics(path: str, progress, cfg, started: float, offset_check, watch)
         "gaps": offset_check.found if offset_check else [], "broker_away_s": round(watch.longest, 1)}, indent=1))
 
 
+def build_pipeline(spark, cfg, args, offset_check):
+    """The pipeline with its sinks (the patient minuteStats publisher, stdout) and progress;
+    warmed up when the job runs live."""
+    from doodlestats import streaming
+    from doodlestats.pipeline import MinuteStatsPipeline
+    from doodlestats.progress import Progress
+    from doodlestats.sinks import StdoutSink
+    from doodlestats.storage import delta_storage_options
+    from doodlestats.warmup import warm_up
+    checkpoint, delta = str(cfg.path("checkpoint")), str(cfg.path("delta"))
+    watch, progress = streaming.BrokerWatch(cfg.kafka.bootstrap_servers), Progress()
+    sinks = [streaming.patient_kafka_sink(cfg, watch)] + ([StdoutSink()] if args.print else [])
+    pipeline = MinuteStatsPipeline(spark, cfg, checkpoint, delta, sinks=sinks, on_batch=progress,
+                                   storage_options=delta_storage_options(delta, cfg), offset_check=offset_check)
+    log(f"minute_stats: {args.source} {cfg.kafka.input_topic if args.source == 'kafka' else args.input_path} "
+        f"→ {cfg.kafka.output_topic} + {delta} | mode {cfg.job.mode} | parser {cfg.job.parser} | "
+        f"watermark {cfg.job.watermark_s}s | checkpoint {checkpoint}")
+    if cfg.job.warm_up_frames and not args.available_now:  # live: the first results must be on time
+        log(f"minute_stats: warm-up on {cfg.job.warm_up_frames:,} synthetic frames took "
+            f"{warm_up(spark, cfg, cfg.job.warm_up_frames):.1f}s")
+    return pipeline, watch, progress
+
+
 def main(argv: list[str] | None = None) -> int:
     from doodlestats.session import register_driver
     register_driver()
@@ -179,22 +202,9 @@ def main(argv: list[str] | None = None) -> int:
     except DataLoss as e:
         return fail(e, spark)
     from doodlestats import streaming
-    from doodlestats.pipeline import MinuteStatsPipeline
-    from doodlestats.progress import Progress
-    from doodlestats.sinks import StdoutSink
-    from doodlestats.storage import delta_storage_options
-    from doodlestats.warmup import warm_up
-    checkpoint, delta = str(cfg.path("checkpoint")), str(cfg.path("delta"))
-    watch, progress, started = streaming.BrokerWatch(cfg.kafka.bootstrap_servers), Progress(), time.time()
-    sinks = [streaming.patient_kafka_sink(cfg, watch)] + ([StdoutSink()] if args.print else [])
-    pipeline = MinuteStatsPipeline(spark, cfg, checkpoint, delta, sinks=sinks, on_batch=progress,
-                                   storage_options=delta_storage_options(delta, cfg), offset_check=offset_check)
-    log(f"minute_stats: {args.source} {cfg.kafka.input_topic if args.source == 'kafka' else args.input_path} "
-        f"→ {cfg.kafka.output_topic} + {delta} | mode {cfg.job.mode} | parser {cfg.job.parser} | "
-        f"watermark {cfg.job.watermark_s}s | checkpoint {checkpoint}")
-    if cfg.job.warm_up_frames and not args.available_now:  # live: the first results must be on time
-        log(f"minute_stats: warm-up on {cfg.job.warm_up_frames:,} synthetic frames took "
-            f"{warm_up(spark, cfg, cfg.job.warm_up_frames):.1f}s")
+    started = time.time()
+    pipeline, watch, progress = build_pipeline(spark, cfg, args, offset_check)
+    checkpoint = str(cfg.path("checkpoint"))
     runner = streaming.StreamRunner(spark, cfg, pipeline, args.source, args.input_path, checkpoint, offset_check,
                                     watch, args.available_now)
     code = runner.run()
