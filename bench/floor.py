@@ -51,7 +51,6 @@ import os
 import shutil
 import sys
 import time
-import tomllib
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Iterator
@@ -83,28 +82,9 @@ LOCAL_NOTE = ("In local mode the spark-submit JVM runs the driver AND the execut
 
 # --------------------------------------------------------------------------- set-up
 def write_conf(path: Path, port: int, **overrides) -> Path:
-    """A copy of conf/doodle.toml whose [kafka] points at a broker on 127.0.0.1:``port``
-    (controller ``port + 1``), with ``section.key`` overrides (as tests/conftest.py does)."""
-    raw = tomllib.loads(CONF.read_text())
-    raw["kafka"]["bootstrap_servers"] = f"127.0.0.1:{port}"
-    raw["kafka"]["controller_port"] = port + 1
-    raw["kafka"]["broker_heap"] = "512m"
-    for key, value in overrides.items():
-        section, _, name = key.partition(".")
-        raw.setdefault(section, {})[name] = value
-    lines = []
-    for section, values in raw.items():
-        lines.append(f"[{section}]")
-        for k, v in values.items():
-            if isinstance(v, bool):
-                lines.append(f"{k} = {'true' if v else 'false'}")
-            elif isinstance(v, str):
-                lines.append(f"{k} = {json.dumps(v)}")
-            else:
-                lines.append(f"{k} = {v}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("\n".join(lines) + "\n")
-    return path
+    """A copy of conf/doodle.toml whose [kafka] points at a broker on 127.0.0.1:``port``."""
+    from tools.confcopy import conf_copy
+    return conf_copy(path, port, **{"kafka.broker_heap": "512m", **overrides})
 
 
 @contextmanager

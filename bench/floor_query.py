@@ -25,40 +25,23 @@ earliest)::
   (``SparkSubmit`` on its command line) — in local mode that JVM also runs the executors'
   tasks. The same measurement as the product job's metrics file.
 
-Its own file on purpose: it imports nothing of ``doodlestats`` (the product's code is not
-what is measured here) and nothing of ``jobs/``.
+Its own file on purpose: of ``doodlestats`` it imports only ``process_cpu`` (the same CPU
+measurement on both sides), nothing of the product's batch code and nothing of ``jobs/``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
-import resource
 import sys
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from doodlestats.streaming import process_cpu  # noqa: E402
+
 #: how long to wait after the query for the last batch's jobs to reach the status store
 STATUS_SETTLE_S = 1.0
-
-
-def process_cpu() -> dict:
-    """CPU seconds of this Python driver and of its JVM (the parent, under spark-submit).
-
-    The product job measures itself the same way (``process_cpu`` of
-    ``jobs/minute_stats.py``); reproduced here so the floor depends on nothing of the job."""
-    ru = resource.getrusage(resource.RUSAGE_SELF)
-    out = {"python_driver_cpu_s": round(ru.ru_utime + ru.ru_stime, 2)}
-    try:
-        import psutil
-        parent = psutil.Process(os.getppid())
-        if any("SparkSubmit" in a for a in parent.cmdline()):
-            t = parent.cpu_times()
-            out["jvm_cpu_s"] = round(t.user + t.system, 2)
-    except Exception:  # noqa: BLE001 - psutil missing or no such process: the figure is optional
-        pass
-    return out
 
 
 def parse_args(argv=None) -> argparse.Namespace:

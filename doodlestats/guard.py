@@ -36,12 +36,8 @@ SUSPECT_FN = "doodle_suspect"
 
 def register_suspect(spark) -> bool:
     """Register the JVM function ``doodle_suspect``; False if its jar is not on the classpath."""
-    try:
-        if not spark._jsparkSession.catalog().functionExists(SUSPECT_FN):
-            spark._jvm.doodle.udf.Suspect.register(spark._jsparkSession)
-        return True
-    except Exception:  # noqa: BLE001 - py4j: class not found
-        return False
+    from doodlestats.session import register_jvm_function
+    return register_jvm_function(spark, SUSPECT_FN, lambda jvm, js: jvm.doodle.udf.Suspect.register(js))
 
 
 def keep_raw(suspects: bool, max_skew: int, watermark: int | None, prev_ref: int | None) -> str:

@@ -37,7 +37,7 @@ from doodlestats.results import MinuteResult, iso
 from doodlestats.sinks import DeltaMinuteSink, Sink
 from doodlestats.staging import observed, register_tally, tally_rows, write_staged
 from doodlestats.state import JobState, StateStore
-from doodlestats.tables import MINUTE_STATS, MINUTE_UIDS, QUARANTINE, Tables
+from doodlestats.tables import MINUTE_STATS, MINUTE_UIDS, QUARANTINE, MinuteFiles, Tables
 from doodlestats.window import Watermark
 
 __all__ = ["MinuteStatsPipeline", "SPARK_SETTINGS"]
@@ -108,6 +108,7 @@ class MinuteStatsPipeline:
             # a new checkpoint starts from the tables as they are: its counts add to theirs
             self.store.save_start(JobState(versions=self.tables.versions()))
         self.counter = make_counter(cfg.job.mode, cfg.job.rsd, self.tables, sketches)
+        self.known = MinuteFiles(self.tables)  # minute_uids files of the minutes in play
         self.mode, self.rsd = self.counter.mode, self.counter.rsd  # the counting mode and its error bound
         self.sinks: list[Sink] = list(sinks or []) + [DeltaMinuteSink(self.tables)]
         self.clock = Watermark(cfg.job.watermark_s, cfg.job.idle_partition_s)
@@ -212,7 +213,7 @@ class MinuteStatsPipeline:
     def _partials(self, classified: DataFrame, gp: guard.GuardPlan, st: JobState, batch_id: int) -> Partials:
         counted = stages.counted(classified, self.cfg.job.late_corrections)
         version = (st.versions or {}).get(MINUTE_UIDS)
-        known = self.tables.files_with_minutes(MINUTE_UIDS, gp.minutes, version) if version is not None else []
+        known = self.known.files(gp.minutes, version) if self.cfg.job.mode == "exact" else []
         return self.counter.partials(counted, batch_id, known, self.tables.committed(MINUTE_UIDS, batch_id))
 
     @staticmethod
@@ -245,6 +246,7 @@ class MinuteStatsPipeline:
         file comes last (:meth:`_save`)."""
         for name, files in staged.items():
             self.tables.commit_files(name, files, batch_id)
+        self.known.added(staged.get(MINUTE_UIDS, []))
         if few is not None and few.num_rows:
             self.tables.append(QUARANTINE, few, batch_id)
         for sink in self.sinks:
@@ -258,6 +260,7 @@ class MinuteStatsPipeline:
         if self.offset_check:
             self.offset_check.saved()
         self.driver, self.loaded_for = driver, rep.batch_id
+        self.known.keep(driver.frames)
         rep.watermark, rep.open_minutes = driver.watermark, len(driver.frames)
 
     def _stored(self, minutes: list[int], st: JobState) -> dict[int, dict]:
@@ -285,5 +288,6 @@ class MinuteStatsPipeline:
             for m, row in self._stored_where([("ts", ">", lo)], st).items():
                 frames[m], values[m] = int(row["frames"]), self.counter.from_row(row)
         self.driver = DriverState(st.watermark, st.partitions or {}, st.max_ts, frames, values)
+        self.known.reset()
         self.loaded_for = st.batch_id
         return st

@@ -234,6 +234,17 @@ def has_fast_parser(spark) -> bool:
         return False
 
 
+def register_jvm_function(spark, name: str, register) -> bool:
+    """Register the SQL function ``name`` of the project's jar with ``register(jvm,
+    jsession)`` unless it exists; False if the jar is not on the classpath."""
+    try:
+        if not spark._jsparkSession.catalog().functionExists(name):
+            register(spark._jvm, spark._jsparkSession)
+        return True
+    except Exception:  # noqa: BLE001 - py4j: class not found
+        return False
+
+
 def register_driver() -> None:
     """Tell ./spark-submit.sh this driver's PID (it forwards SIGTERM/Ctrl-C here) and
     route stderr past spark-submit (see :func:`route_stderr_past_spark_submit`)."""

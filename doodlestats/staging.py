@@ -34,12 +34,8 @@ _names = itertools.count()
 
 def register_tally(spark) -> bool:
     """Register the JVM aggregate ``doodle_tally``; False if its jar is not on the classpath."""
-    try:
-        if not spark._jsparkSession.catalog().functionExists(TALLY_FN):
-            spark._jvm.doodle.udf.BatchTally.register(spark._jsparkSession)
-        return True
-    except Exception:  # noqa: BLE001 - py4j: class not found
-        return False
+    from doodlestats.session import register_jvm_function
+    return register_jvm_function(spark, TALLY_FN, lambda jvm, js: jvm.doodle.udf.BatchTally.register(js))
 
 
 def tally_col(minute="minute", src=None, partition=None, reason=None, ts=None, offset=None, unkept=None) -> str:

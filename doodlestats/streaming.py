@@ -22,6 +22,7 @@ Reliability:
 from __future__ import annotations
 
 import json
+import os
 import signal
 import time
 

@@ -45,7 +45,7 @@ import pyarrow.compute as pc
 from doodlestats.results import MINUTE_STATS_SCHEMA
 from doodlestats.storage import is_uri, join, to_delta_uri, to_spark_uri
 
-__all__ = ["MINUTE_STATS", "MINUTE_UIDS", "QUARANTINE", "SCHEMAS", "FileMeta", "Tables", "minute_date"]
+__all__ = ["MINUTE_STATS", "MINUTE_UIDS", "QUARANTINE", "SCHEMAS", "FileMeta", "MinuteFiles", "Tables", "minute_date"]
 
 MINUTE_STATS = "minute_stats"
 MINUTE_UIDS = "minute_uids"
@@ -189,9 +189,9 @@ class Tables:
     def files_overlapping(self, name: str, lo: int, hi: int, version: int | None) -> list[str]:
         """URIs (as Spark reads them) of the data files of ``name`` as of ``version`` whose
         ``minute`` range may overlap ``[lo, hi]`` (files without stats are included)."""
-        return [u for u, a, b in self._file_ranges(name, version) if a is None or b is None or (a <= hi and b >= lo)]
+        return [u for u, a, b in self.file_ranges(name, version) if a is None or b is None or (a <= hi and b >= lo)]
 
-    def _file_ranges(self, name: str, version: int | None) -> list[tuple[str, int | None, int | None]]:
+    def file_ranges(self, name: str, version: int | None) -> list[tuple[str, int | None, int | None]]:
         """(URI, min minute, max minute) of each data file of ``name`` as of ``version``."""
         dt = self.table(name, version)
         acts = dt.get_add_actions(flatten=True)
@@ -204,20 +204,42 @@ class Tables:
         maxs = acts.column("max.minute").to_pylist() if "max.minute" in names else [None] * len(paths)
         return [(p if is_uri(p) else join(self.path(name), p), a, b) for p, a, b in zip(paths, mins, maxs)]
 
-    def files_with_minutes(self, name: str, minutes: list[int], version: int | None) -> list[str]:
-        """Like :meth:`files_overlapping`, for a set of minutes: the files whose ``minute``
-        range contains one of ``minutes``."""
-        import bisect
-        if not minutes:
-            return []
-        ms = sorted(minutes)
-        out = []
-        for uri, a, b in self._file_ranges(name, version):
-            i = bisect.bisect_left(ms, a) if a is not None else 0
-            if a is None or b is None or (i < len(ms) and ms[i] <= b):
-                out.append(uri)
-        return out
-
     def versions(self) -> dict[str, int]:
         """Current version of each table."""
         return {name: self.table(name).version() for name in SCHEMAS}
+
+
+class MinuteFiles:
+    """The data files of ``minute_uids`` by minute, kept in memory for the minutes a run
+    touches, so a batch does not list the Delta log again: a minute's files are read from
+    the log once (as of the state's version), then each batch's committed files are added.
+    :meth:`reset` after a restart or a failed batch; :meth:`keep` drops minutes that
+    are final (a late correction reads the log again)."""
+
+    def __init__(self, tables: "Tables", name: str = MINUTE_UIDS):
+        self.tables, self.name = tables, name
+        self.by_minute: dict[int, list[str]] = {}
+
+    def reset(self) -> None:
+        self.by_minute = {}
+
+    def files(self, minutes: list[int], version: int | None) -> list[str]:
+        """The files whose minute range contains one of ``minutes`` (as of ``version`` plus
+        what :meth:`added` since)."""
+        missing = [m for m in minutes if m not in self.by_minute]
+        if missing:
+            ranges = self.tables.file_ranges(self.name, version) if version is not None else []
+            for m in missing:
+                self.by_minute[m] = [u for u, a, b in ranges if a is None or b is None or a <= m <= b]
+        return sorted({f for m in minutes for f in self.by_minute[m]})
+
+    def added(self, metas: list[FileMeta]) -> None:
+        """Files just committed (their ``min``/``max`` minute)."""
+        for f in metas:
+            uri = join(self.tables.path(self.name), f["path"])
+            for m, files in self.by_minute.items():
+                if f.get("min") is None or f["min"] <= m <= f["max"]:
+                    files.append(uri)
+
+    def keep(self, minutes) -> None:
+        self.by_minute = {m: v for m, v in self.by_minute.items() if m in minutes}

@@ -25,27 +25,8 @@ TEST_CONTROLLER_PORT = TEST_PORT + 1
 
 def write_conf(path: Path, **overrides) -> Path:
     """A copy of conf/doodle.toml pointing at the test broker, with ``section.key`` overrides."""
-    import tomllib
-    raw = tomllib.loads((ROOT / "conf" / "doodle.toml").read_text())
-    raw["kafka"]["bootstrap_servers"] = f"127.0.0.1:{TEST_PORT}"
-    raw["kafka"]["controller_port"] = TEST_CONTROLLER_PORT
-    raw["kafka"]["broker_heap"] = "512m"
-    raw["spark"]["driver_memory"] = "1g"
-    for key, value in overrides.items():
-        section, _, name = key.partition(".")
-        raw.setdefault(section, {})[name] = value
-    lines = []
-    for section, values in raw.items():
-        lines.append(f"[{section}]")
-        for k, v in values.items():
-            if isinstance(v, bool):
-                lines.append(f"{k} = {'true' if v else 'false'}")
-            elif isinstance(v, str):
-                lines.append(f'{k} = "{v}"')
-            else:
-                lines.append(f"{k} = {v}")
-    path.write_text("\n".join(lines) + "\n")
-    return path
+    from tools.confcopy import conf_copy
+    return conf_copy(path, TEST_PORT, **{"kafka.broker_heap": "512m", "spark.driver_memory": "1g", **overrides})
 
 
 @pytest.fixture(scope="session")
