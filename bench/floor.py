@@ -23,11 +23,11 @@ the smallest stateless Structured Streaming query, and what it costs the job.
      --max-offsets-per-trigger 1000`` (fresh Delta path, checkpoint and output topic;
      ``DOODLE_TIMINGS=1``) with ``--metrics-file``.
 4. Figures, side by side:
-   * per-batch wall p50 / p90: the floor's foreachBatch function; the job's ``batches[].seconds``
+   * per-batch wall p50 / p90: the floor's foreachBatch function; the job's ``per_batch[].seconds``
      of its metrics file — over every run of the query, each without its first
      ``WARMUP_BATCHES`` (2) batches (JIT warm-up);
    * Spark jobs per batch, p50: the floor counts its own (``SparkContext.statusTracker``,
-     the query's job group); the job's ``batches[].spark_jobs``;
+     the query's job group); the job's ``per_batch[].spark_jobs``;
    * CPU per extra batch: ``(cpu(N) − cpu(N/2)) / (batches(N) − batches(N/2))`` per round
      (start-up cancels), p50 over rounds (nearest rank), for the Python driver, the spark-submit JVM
      (in local mode it runs the executors' tasks too), their sum ("driver CPU") and the
@@ -181,14 +181,13 @@ def run_floor(cfg, topic: str, run_dir: Path, name: str, master: str | None) -> 
 
 
 def job_batches(metrics: dict) -> tuple[list[dict] | None, int | None]:
-    """The per-batch records of the job's metrics file (None if it has none) and its number
-    of batches (from the list, else from a plain count, else None)."""
-    b = metrics.get("batches")
-    if isinstance(b, list):
-        return [x for x in b if isinstance(x, dict)], len(b)
-    if isinstance(b, int) and not isinstance(b, bool):
-        return None, b
-    return None, None
+    """The per-batch records of the job's metrics file (``per_batch``; None if it has none)
+    and its number of batches (``batches``, else the length of the list, else None)."""
+    b, n = metrics.get("per_batch"), metrics.get("batches")
+    rows = [x for x in b if isinstance(x, dict)] if isinstance(b, list) else None
+    if isinstance(n, int) and not isinstance(n, bool):
+        return rows, n
+    return rows, (len(rows) if rows is not None else None)
 
 
 def run_product(cfg, conf: Path, topic: str, run_dir: Path, name: str, master: str | None) -> dict:

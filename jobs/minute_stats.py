@@ -155,7 +155,7 @@ def write_metrics(path: str, progress, cfg, started: float, offset_check, watch)
     from doodlestats.streaming import process_cpu
     Path(path).write_text(json.dumps({
         **progress.totals, **process_cpu(), "query_seconds": round(time.time() - started, 3), "mode": cfg.job.mode,
-        "parser": cfg.job.parser, "quarantined": dict(progress.quarantined), "batches": progress.batches,
+        "parser": cfg.job.parser, "quarantined": dict(progress.quarantined), "per_batch": progress.batches,
         "gaps": offset_check.found if offset_check else [], "broker_away_s": round(watch.longest, 1)}, indent=1))
 
 

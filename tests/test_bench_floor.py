@@ -51,7 +51,8 @@ def test_job_metrics_without_a_batch_list_give_na_but_still_a_cpu_per_batch():
     assert floor.job_batches({"batches": 12}) == (None, 12)
     assert floor.job_batches({}) == (None, None)
     lst = _batches([1.0, 2.0])
-    assert floor.job_batches({"batches": lst}) == (lst, 2)
+    assert floor.job_batches({"per_batch": lst}) == (lst, 2)
+    assert floor.job_batches({"per_batch": lst, "batches": 2}) == (lst, 2)
     product = floor.side_figures([_run("half", 1, None, 5, 10.0, 40.0), _run("full", 1, None, 10, 20.0, 60.0)])
     assert product["wall"] is None and product["spark_jobs"] is None
     assert product["cpu_per_extra_batch"]["driver_cpu_s"]["p50"] == 6.0
