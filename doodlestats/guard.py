@@ -153,17 +153,29 @@ def plan(stats: list, prev_ref: int | None, min_neighbours: int, max_skew: int =
                      sum(r.get("kept") or 0 for r in stats), sum(r.get("kept_bytes") or 0 for r in stats))
 
 
+#: Up to this many neighbourhoods the references ride in the plan as a map literal (Spark
+#: looks a key up by a linear scan); more — a big batch — and they are a broadcast table
+#: (one small extra job, nothing next to the batch's size).
+MAP_REFS = 64
+
+
 def with_verdicts(parsed, guard_plan: "GuardPlan", size: int, max_skew: int):
     """``parsed`` plus a boolean column ``outlier``: a parsed frame whose ts is more than
-    ``max_skew`` from its neighbourhood's reference. Runs on executors: the references
-    (one per neighbourhood) travel inside the plan as one map literal (a JSON string Spark
-    folds once) — no join, no broadcast job."""
+    ``max_skew`` from its neighbourhood's reference. Runs on executors: the references (one
+    per neighbourhood) travel inside the plan as one map literal (a JSON string Spark folds
+    once) — no join, no broadcast job — or, for a batch of many neighbourhoods, as a
+    broadcast table."""
     import json
-    refs = {f"{s}#{p}#{nb}": ref for s, p, nb, ref in guard_plan.refs if ref is not None}
+    refs = [r for r in guard_plan.refs if r[3] is not None]
     if not refs:
         return parsed.withColumn("outlier", F.lit(False))
-    table = F.from_json(F.lit(json.dumps(refs)), "map<string,bigint>")
-    ref = F.element_at(table, F.concat_ws("#", F.col("src"), F.col("partition").cast("string"),
-                                          nb_col(size).cast("string")))
+    if len(refs) > MAP_REFS:
+        rdf = parsed.sparkSession.createDataFrame(refs, "src string, partition int, nb bigint, ref bigint")
+        j = parsed.withColumn("nb", nb_col(size)).join(F.broadcast(rdf), ["src", "partition", "nb"], "left")
+        ref = F.col("ref")
+    else:
+        table = F.from_json(F.lit(json.dumps({f"{s}#{p}#{nb}": r for s, p, nb, r in refs})), "map<string,bigint>")
+        j, ref = parsed, F.element_at(table, F.concat_ws("#", F.col("src"), F.col("partition").cast("string"),
+                                                          nb_col(size).cast("string")))
     far = F.col("reason").isNull() & ref.isNotNull() & (F.abs(F.col("ts") - ref) > F.lit(max_skew))
-    return parsed.withColumn("outlier", F.coalesce(far, F.lit(False)))
+    return j.withColumn("outlier", F.coalesce(far, F.lit(False))).drop("nb", "ref")
