@@ -128,71 +128,55 @@ class Progress:
         sys.stderr.flush()
 
 
-def main(argv: list[str] | None = None) -> int:
-    from doodlestats.session import register_driver
-    register_driver()
-    args = parse_args(argv)
-    overrides = {"kafka.bootstrap_servers": args.bootstrap_servers, "job.parser": args.parser, "job.rsd": args.rsd,
-                 "job.mode": "exact", "paths.delta": args.delta_path}
-    try:
-        cfg = load_config(args.conf_file, overrides)
-    except ConfigError as e:
-        print(f"{PROG}: error: {e}", file=sys.stderr)
-        return 2
-    from doodlestats.session import get_spark, has_fast_parser, require_connectors
-    require_connectors(kafka=bool(args.topic), prog=PROG)
-    if args.topic:  # before Spark: refused credentials/certificate or no broker, in one line
-        from doodlestats.kafka import KafkaUnavailable, check_kafka
-        try:
-            check_kafka(cfg, need_input=False)
-        except KafkaUnavailable as e:
-            print(f"{PROG}: error: {e}", file=sys.stderr)
-            return 2
+def stdin_inputs(spark, cfg, checkpoint: str, rid: str) -> list[str]:
+    """stdin spooled to local files (and copied next to the checkpoint when that is a URI:
+    executors elsewhere cannot see the driver's disk)."""
     from doodlestats import source
-    from doodlestats.pipeline import MinuteStatsPipeline
-    from doodlestats.progress import Progress as Totals
-    from doodlestats.sinks import StdoutSink
-    from doodlestats.storage import HadoopFS, configure_spark, delta_storage_options, is_uri, join
+    from doodlestats.storage import HadoopFS, is_uri, join
+    local = os.path.join(str(cfg.path("checkpoint")) if not is_uri(checkpoint) else "/tmp", "backfill-stdin", rid)
+    inputs = source.spool_stdin(local)
+    if not is_uri(checkpoint):
+        return inputs
+    fs, up = HadoopFS(spark), []
+    for p in inputs:
+        dst = join(checkpoint, "stdin", os.path.basename(p))
+        fs.write_bytes(dst, Path(p).read_bytes())
+        up.append(dst)
+    return up
 
-    delta = str(cfg.path("delta"))
-    rid = run_id(args, delta)
-    checkpoint = args.checkpoint or join(str(cfg.path("checkpoint")), "backfill", rid)
+
+def plan_chunks(spark, cfg, args, checkpoint: str, rid: str):
+    """(chunks, unit) of the input: a Kafka range, files, or stdin (None if stdin was empty)."""
+    from doodlestats import source
+    if args.topic:
+        return source.kafka_chunks(cfg, args.topic, args.start, args.end, args.chunk, args.chunk_frames), "frames"
+    inputs = stdin_inputs(spark, cfg, checkpoint, rid) if args.input == ["-"] else args.input
+    if not inputs:
+        return None, "bytes"
+    return source.file_chunks(spark, inputs, args.chunk_bytes), "bytes"
+
+
+def open_spark(args, cfg, overrides: dict, delta: str, checkpoint: str):
+    """The session (object-store settings included) and the config, falling back to the
+    Python parser when the JVM one is not on the classpath."""
+    from doodlestats.session import get_spark, has_fast_parser
+    from doodlestats.storage import configure_spark
     spark = get_spark("backfill", cfg)
     configure_spark(spark, cfg, checkpoint=checkpoint, outputs=[delta])
     if cfg.job.parser == "jvm" and not has_fast_parser(spark):
         log(f"{PROG}: warning: doodle-udf.jar is not on the classpath; falling back to --parser python")
         cfg = load_config(args.conf_file, {**overrides, "job.parser": "python"})
+    return spark, cfg
 
-    try:
-        if args.topic:
-            chunks = source.kafka_chunks(cfg, args.topic, args.start, args.end, args.chunk, args.chunk_frames)
-            unit = "frames"
-        else:
-            inputs = args.input
-            if inputs == ["-"]:
-                local = os.path.join(str(cfg.path("checkpoint")) if not is_uri(checkpoint) else "/tmp",
-                                     "backfill-stdin", rid)
-                inputs = source.spool_stdin(local)
-                if is_uri(checkpoint):  # executors elsewhere cannot see the driver's disk
-                    fs, up = HadoopFS(spark), []
-                    for p in inputs:
-                        dst = join(checkpoint, "stdin", os.path.basename(p))
-                        fs.write_bytes(dst, Path(p).read_bytes())
-                        up.append(dst)
-                    inputs = up
-                if not inputs:
-                    log(f"{PROG}: stdin was empty, nothing to do")
-                    return 0
-            chunks = source.file_chunks(spark, inputs, args.chunk_bytes)
-            unit = "bytes"
-    except (FileNotFoundError, ValueError) as e:
-        log(f"{PROG}: error: {e}")
-        spark.stop()
-        return 2
 
-    sinks = [StdoutSink()] if args.print else []
+def run_chunks(spark, cfg, args, chunks, unit: str, delta: str, checkpoint: str, rid: str) -> None:
+    """Every chunk not done yet through the pipeline, then the open minutes as final."""
+    from doodlestats.pipeline import MinuteStatsPipeline
+    from doodlestats.progress import Progress as Totals
+    from doodlestats.sinks import StdoutSink
+    from doodlestats.storage import delta_storage_options
     totals = Totals(show=False)
-    pipeline = MinuteStatsPipeline(spark, cfg, checkpoint, delta, sinks=sinks,
+    pipeline = MinuteStatsPipeline(spark, cfg, checkpoint, delta, sinks=[StdoutSink()] if args.print else [],
                                    storage_options=delta_storage_options(delta, cfg),
                                    app_id=f"backfill:{rid}", sketches=True, on_batch=totals)
     total = sum(c.size for c in chunks)
@@ -213,6 +197,38 @@ def main(argv: list[str] | None = None) -> int:
         Path(args.metrics_file).write_text(json.dumps({
             **totals.totals, "seconds": round(time.time() - started, 3), "chunks": len(chunks),
             "quarantined": dict(totals.quarantined)}, indent=1))
+
+
+def main(argv: list[str] | None = None) -> int:
+    from doodlestats.session import register_driver, require_connectors
+    register_driver()
+    args = parse_args(argv)
+    overrides = {"kafka.bootstrap_servers": args.bootstrap_servers, "job.parser": args.parser, "job.rsd": args.rsd,
+                 "job.mode": "exact", "paths.delta": args.delta_path}
+    from doodlestats.kafka import KafkaUnavailable, check_kafka
+    try:
+        cfg = load_config(args.conf_file, overrides)
+        require_connectors(kafka=bool(args.topic), prog=PROG)
+        if args.topic:  # before Spark: refused credentials/certificate or no broker, in one line
+            check_kafka(cfg, need_input=False)
+    except (ConfigError, KafkaUnavailable) as e:
+        print(f"{PROG}: error: {e}", file=sys.stderr)
+        return 2
+    from doodlestats.storage import join
+    delta = str(cfg.path("delta"))
+    rid = run_id(args, delta)
+    checkpoint = args.checkpoint or join(str(cfg.path("checkpoint")), "backfill", rid)
+    spark, cfg = open_spark(args, cfg, overrides, delta, checkpoint)
+    try:
+        chunks, unit = plan_chunks(spark, cfg, args, checkpoint, rid)
+    except (FileNotFoundError, ValueError) as e:
+        log(f"{PROG}: error: {e}")
+        spark.stop()
+        return 2
+    if chunks is None:
+        log(f"{PROG}: stdin was empty, nothing to do")
+        return 0
+    run_chunks(spark, cfg, args, chunks, unit, delta, checkpoint, rid)
     spark.stop()
     return 0
 
