@@ -50,9 +50,9 @@ SPARK_SETTINGS = {
     # adaptive execution runs each shuffle's map side as a job of its own: a batch's
     # shuffles stay stages of one job (shuffle partitions are sized to the cores already)
     "spark.sql.adaptive.enabled": "false",
-    # staged files are committed by the Delta log, not by the folder: no _SUCCESS marker and
-    # task outputs moved once (a dead attempt's folder is never referenced; vacuum removes it)
-    "mapreduce.fileoutputcommitter.marksuccessfuljobs": "false",
+    # staged files are committed by the Delta log, not by the folder: task outputs are moved
+    # once (a dead attempt's folder is never referenced; vacuum removes it). The _SUCCESS
+    # marker stays: object stores' committers (S3A magic) write their manifest there
     "mapreduce.fileoutputcommitter.algorithm.version": "2",
 }
 #: Quarantine rows come to the driver with the counting pass (and are committed by
