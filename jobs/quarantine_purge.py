@@ -99,56 +99,49 @@ def _retry(what: str, fn):
             time.sleep(0.5 * attempt)
 
 
-def main(argv: list[str] | None = None) -> int:
-    from doodlestats.session import register_driver
-    register_driver()
-    args = parse_args(argv)
+class PurgeError(Exception):
+    """One line for the user, and the exit status."""
+
+    def __init__(self, msg: str, code: int = 2):
+        super().__init__(msg)
+        self.code = code
+
+
+def _first_line(e: Exception) -> str:
+    return str(e).splitlines()[0] if str(e) else type(e).__name__
+
+
+def open_quarantine(args):
+    """(the quarantine's delta-rs handle, its URI, retention days); raises PurgeError."""
+    from deltalake import DeltaTable
     from doodlestats.config import ConfigError, load_config
     from doodlestats.storage import StorageError, delta_storage_options, to_delta_uri
     from doodlestats.tables import QUARANTINE, Tables
-
-    def fail(msg: str, code: int = 2) -> int:
-        print(f"{PROG}: error: {msg}", file=sys.stderr, flush=True)
-        return code
-
     try:
         cfg = load_config(args.conf_file, {"paths.delta": args.delta_path})
         delta = str(cfg.path("delta"))
         opts = delta_storage_options(delta, cfg)
     except (ConfigError, StorageError) as e:
-        return fail(str(e))
+        raise PurgeError(str(e))
     days = cfg.quarantine.retention_days if args.days is None else args.days
-    if days == 0:
-        log("retention 0 days: the quarantine is kept forever — nothing deleted "
-            "(set [quarantine] retention_days or --days N)")
-        return 0
-
-    from deltalake import CommitProperties, DeltaTable
     uri = to_delta_uri(Tables(delta, PROG).path(QUARANTINE))
-    t0 = time.time()
+    if days == 0:
+        return None, uri, 0
     try:
         if not DeltaTable.is_deltatable(uri, storage_options=opts or None):
-            return fail(f"no quarantine table at {uri} — wrong --delta-path, or the job has not run yet")
-        table = DeltaTable(uri, storage_options=opts or None)
+            raise PurgeError(f"no quarantine table at {uri} — wrong --delta-path, or the job has not run yet")
+        return DeltaTable(uri, storage_options=opts or None), uri, days
+    except PurgeError:
+        raise
     except Exception as e:  # noqa: BLE001 - unreachable store, bad URI: one line
-        return fail(f"cannot read {uri}: {str(e).splitlines()[0] if str(e) else type(e).__name__}")
+        raise PurgeError(f"cannot read {uri}: {_first_line(e)}")
 
-    today = dt.datetime.now(dt.timezone.utc).date()
-    cutoff = today - dt.timedelta(days=days)
-    per_date = rows_per_date(table)
-    old = {d: v for d, v in sorted(per_date.items()) if d is not None and d < cutoff}
-    rows = sum(n for n, _ in old.values())
+
+def purge(table, uri: str, days: int, cutoff, old: dict) -> tuple[list[str], list[str]]:
+    """Delete the rows of the ``old`` days and vacuum their files and the staged files of
+    failed batches; (files removed, staged files removed). Raises PurgeError."""
+    from deltalake import CommitProperties
     files = [f for _, fs in old.values() for f in fs]
-    span = f"{min(old)} … {max(old)}" if old else "-"
-    log(f"{uri} (version {table.version()}) | retention {days} day(s): rows quarantined before {cutoff} go | "
-        f"{rows:,} row(s) of {len(old)} day(s) ({span}) in {len(files):,} file(s)")
-    if args.dry_run:
-        for d, (n, fs) in old.items():
-            print(f"{d}  {n:>12,} rows  {len(fs):>6,} files  would be deleted")
-        print(f"dry run: {rows:,} row(s) of {len(old)} day(s) would be deleted; "
-              f"{sum(n for n, _ in per_date.values()) - rows:,} kept")
-        return 0
-
     try:
         removed: list[str] = []
         if old:
@@ -162,14 +155,46 @@ def main(argv: list[str] | None = None) -> int:
                                                             dry_run=False))
             left = sorted(set(files) - set(removed))
             if left:
-                return fail(f"{len(left)} file(s) of deleted rows are still in {uri} after the vacuum "
-                            f"(e.g. {left[0]}) — run the purge again", 1)
+                raise PurgeError(f"{len(left)} file(s) of deleted rows are still in {uri} after the vacuum "
+                                 f"(e.g. {left[0]}) — run the purge again", 1)
         # staged files of batches that died before their commit: never in the table, and
         # raw frames all the same; gone once older than the retention
         orphans = _retry("vacuum", lambda: table.vacuum(retention_hours=days * 24, enforce_retention_duration=False,
                                                         dry_run=False, full=True))
+    except PurgeError:
+        raise
     except Exception as e:  # noqa: BLE001 - one line, not a stack trace
-        return fail(f"purging {uri} failed: {str(e).splitlines()[0] if str(e) else type(e).__name__}", 1)
+        raise PurgeError(f"purging {uri} failed: {_first_line(e)}", 1)
+    return removed, orphans
+
+
+def main(argv: list[str] | None = None) -> int:
+    from doodlestats.session import register_driver
+    register_driver()
+    args = parse_args(argv)
+    t0 = time.time()
+    try:
+        table, uri, days = open_quarantine(args)
+        if table is None:
+            log("retention 0 days: the quarantine is kept forever — nothing deleted "
+                "(set [quarantine] retention_days or --days N)")
+            return 0
+        cutoff = dt.datetime.now(dt.timezone.utc).date() - dt.timedelta(days=days)
+        per_date = rows_per_date(table)
+        old = {d: v for d, v in sorted(per_date.items()) if d is not None and d < cutoff}
+        rows, span = sum(n for n, _ in old.values()), (f"{min(old)} … {max(old)}" if old else "-")
+        log(f"{uri} (version {table.version()}) | retention {days} day(s): rows quarantined before {cutoff} go | "
+            f"{rows:,} row(s) of {len(old)} day(s) ({span}) in {sum(len(fs) for _, fs in old.values()):,} file(s)")
+        if args.dry_run:
+            for d, (n, fs) in old.items():
+                print(f"{d}  {n:>12,} rows  {len(fs):>6,} files  would be deleted")
+            print(f"dry run: {rows:,} row(s) of {len(old)} day(s) would be deleted; "
+                  f"{sum(n for n, _ in per_date.values()) - rows:,} kept")
+            return 0
+        removed, orphans = purge(table, uri, days, cutoff, old)
+    except PurgeError as e:
+        print(f"{PROG}: error: {e}", file=sys.stderr, flush=True)
+        return e.code
     table.update_incremental()
     log(f"done: deleted {rows:,} row(s) of {len(old)} day(s) ({span}), {len(removed):,} file(s) removed from "
         f"storage; {len(orphans):,} staged file(s) of failed batches removed; table version {table.version()} | "
