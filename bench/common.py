@@ -38,6 +38,18 @@ class BenchError(RuntimeError):
     """A problem the user must fix; the message says what to do (printed as one line)."""
 
 
+def guarded(prog: str, fn) -> int:
+    """Run a bench entry point: a BenchError is one line and exit 2, Ctrl-C exit 130."""
+    try:
+        return fn()
+    except BenchError as e:
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return 130
+
+
 def say(msg: str) -> None:
     """Progress output: stderr, flushed, prefixed ``bench:``."""
     print(f"bench: {msg}", file=sys.stderr, flush=True)

@@ -60,7 +60,7 @@ try:
 except ImportError:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import (GEN_PARAMS, REPO_ROOT, RESULTS_DIR, WORK_DIR, BenchError, machine_info, python,
+from bench.common import (GEN_PARAMS, REPO_ROOT, RESULTS_DIR, WORK_DIR, BenchError, guarded, machine_info, python,
                           read_lines, run_process, say, spark_cmd, write_json)
 from bench.latency import _pct, summary
 
@@ -497,22 +497,19 @@ def main(argv=None) -> int:
     frames = args.frames or (SMOKE_FRAMES if args.smoke else DEFAULT_FRAMES)
     rounds = args.rounds or (1 if args.smoke else DEFAULT_ROUNDS)
     out_dir = Path(args.out_dir) if args.out_dir else (WORK_DIR / "smoke" if args.smoke else RESULTS_DIR)
-    try:
-        res = measure(frames, rounds, args.master, args.cluster, args.kafka_port,
-                      work=work_dir(args.smoke), smoke=args.smoke)
-    except BenchError as e:
-        print(f"floor: error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("floor: interrupted", file=sys.stderr)
-        return 130
-    jp, mp = write(res, out_dir)
-    print(text_table(res))
-    say("wrote " + ", ".join(str(p.relative_to(REPO_ROOT) if p.is_relative_to(REPO_ROOT) else p) for p in (jp, mp)))
-    if res["failures"]:
-        say(f"{len(res['failures'])} run(s) failed: " + "; ".join(res["failures"]))
-        return 1
-    return 0
+
+    def go() -> int:
+        res = measure(frames, rounds, args.master, args.cluster, args.kafka_port, work=work_dir(args.smoke),
+                      smoke=args.smoke)
+        jp, mp = write(res, out_dir)
+        print(text_table(res))
+        say("wrote " + ", ".join(str(p.relative_to(REPO_ROOT) if p.is_relative_to(REPO_ROOT) else p)
+                                 for p in (jp, mp)))
+        if res["failures"]:
+            say(f"{len(res['failures'])} run(s) failed: " + "; ".join(res["failures"]))
+            return 1
+        return 0
+    return guarded("floor", go)
 
 
 if __name__ == "__main__":

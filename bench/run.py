@@ -53,7 +53,7 @@ import time
 import traceback
 from pathlib import Path
 
-from bench.common import (REPO_ROOT, RESULTS_DIR, WORK_DIR, BenchError, broker, frames_file, load_cfg,
+from bench.common import (REPO_ROOT, RESULTS_DIR, WORK_DIR, BenchError, broker, frames_file, guarded, load_cfg,
                           machine_info, prepare_topic, read_lines, run_process, say, spark_cmd)
 
 QUIET_LOAD = 1.5
@@ -328,14 +328,7 @@ def run(args: argparse.Namespace) -> int:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    try:
-        return run(args)
-    except BenchError as e:
-        print(f"bench: error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("bench: interrupted", file=sys.stderr)
-        return 130
+    return guarded("bench", lambda: run(args))
 
 
 if __name__ == "__main__":

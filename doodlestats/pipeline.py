@@ -202,7 +202,7 @@ class MinuteStatsPipeline:
             rows = tally_rows(values[0])
             quarantine = stages.few_quarantine_rows(values[1], batch_id, now_us) if few else None
         else:
-            rows = [r.asDict() for r in self._summary_job(classified)]
+            rows = stages.summary_job(classified)
             partials, quarantine = self._partials(classified, gp, st, batch_id), None
         summary = BatchSummary.of(rows, self.cfg.job.late_corrections)
         rep.frames, rep.quarantined, rep.counted = summary.frames, summary.quarantined, \
@@ -215,19 +215,6 @@ class MinuteStatsPipeline:
         version = (st.versions or {}).get(MINUTE_UIDS)
         known = self.known.files(gp.minutes, version) if self.cfg.job.mode == "exact" else []
         return self.counter.partials(counted, batch_id, known, self.tables.committed(MINUTE_UIDS, batch_id))
-
-    @staticmethod
-    def _summary_job(classified: DataFrame) -> list:
-        """Without the JVM aggregate: the summary as an aggregation of its own (one job)."""
-        from pyspark.sql import functions as F
-        from doodlestats import reasons
-        r = F.col("reason")
-        minute = F.when(r.isNull() | (r == reasons.LATE), F.col("minute"))
-        return (classified.groupBy(minute.alias("minute"), "src", "partition", "reason")
-                .agg(F.count(F.lit(1)).alias("n"), F.max("ts").alias("max_ts"),
-                     F.count(F.when(F.col("unkept"), F.lit(1))).alias("unkept"),
-                     F.min("offset").alias("first_offset"), F.max("offset").alias("last_offset"))
-                .collect())
 
     def _stage_quarantine(self, src, classified, summary: BatchSummary, few, rep: BatchReport) -> dict:
         """Executors write the quarantine rows unless they came along with the counting pass."""

@@ -21,8 +21,8 @@ from doodlestats.parse import parse_frames
 from doodlestats.staging import tally_col
 from doodlestats.window import final_sql, minute_sql
 
-__all__ = ["read", "classify", "counted", "summary_metrics", "few_quarantine_rows", "quarantine_rows",
-           "with_file_positions"]
+__all__ = ["read", "classify", "counted", "summary_metrics", "summary_job", "few_quarantine_rows",
+           "quarantine_rows", "with_file_positions"]
 
 
 def with_file_positions(df: DataFrame) -> DataFrame:
@@ -73,12 +73,21 @@ def summary_metrics(with_rows: bool) -> list:
     """Aggregates over the classified frames: the summary (one entry per minute × source
     partition × reason, ``doodle_tally``) and, if ``with_rows``, the quarantine rows
     themselves — only when the batch's statistics bounded their number and bytes."""
-    minute = f"CASE WHEN reason IS NULL OR reason = '{reasons.LATE}' THEN minute END"
-    out = [F.expr(tally_col(minute, "src", "partition", "reason", "ts", "offset", "unkept"))]
+    out = [F.expr(tally_col(_SUMMARY_MINUTE, "src", "partition", "reason", "ts", "offset", "unkept"))]
     if with_rows:  # JSON (raw as base64): the driver adds batch_id and the time (see few_quarantine_rows)
         row = "named_struct(" + ", ".join(f"'{name}', {sql}" for name, sql in _QUARANTINE_COLS[:10]) + ")"
         out.append(F.expr(f"to_json(collect_list(CASE WHEN reason IS NOT NULL AND NOT unkept THEN {row} END))"))
     return out
+
+
+def summary_job(classified: DataFrame) -> list[dict]:
+    """The summary rows of :func:`summary_metrics` as an aggregation of their own (one job):
+    the path without the JVM aggregate."""
+    return [r.asDict() for r in classified.groupBy(F.expr(_SUMMARY_MINUTE).alias("minute"), "src", "partition",
+                                                   "reason")
+            .agg(F.expr("count(1) AS n"), F.expr("max(ts) AS max_ts"), F.expr("count_if(unkept) AS unkept"),
+                 F.expr("min(offset) AS first_offset"), F.expr("max(offset) AS last_offset"))
+            .collect()]
 
 
 def few_quarantine_rows(text: str | None, batch_id: int, now_us: int):
@@ -108,6 +117,8 @@ def quarantine_rows(src: DataFrame, classified: DataFrame, unkept: int, batch_id
                         f"to_date({at}) AS date")
 
 
+#: The minute a frame counts in, for the summary: accepted and late frames only.
+_SUMMARY_MINUTE = f"CASE WHEN reason IS NULL OR reason = '{reasons.LATE}' THEN minute END"
 #: The quarantine table's columns from a classified frame (batch_id and the time are added).
 _QUARANTINE_COLS = [
     ("reason", "reason"), ("raw", "raw"), ("topic", "CASE WHEN line IS NULL THEN src END"),
