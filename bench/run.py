@@ -24,7 +24,7 @@ Steps (progress on stderr, the result table on stdout):
    after each load: the second run's frames are all late) and ``garbage``
    (``--garbage-frames`` lines of ~2 KB that are not JSON).
    Then backfill vs DuckDB (``bench/backfill.py``, ``--no-backfill`` skips it):
-   ``duckdb_jsonl``, ``backfill_jsonl``, ``duckdb_gz``, ``backfill_gz`` on the input
+   ``duckdb_jsonl``, ``backfill_jsonl``, ``duckdb_gz24``, ``backfill_gz24`` on the input
    (``.jsonl.gz``) and its plain ``.jsonl`` copy in ``bench/.work/``, in the same
    interleaved rounds; each result checked against the input's truth file.
 3. parse paths in Spark and JSON vs Avro (``bench/parsers.py``, ``bench/formats.py``)

@@ -3,9 +3,10 @@
 chunks that are processed (and resumed) one at a time.
 
 ==================== ==================================================================
-files                JSONL or ``.gz`` files, folders and globs, local or any URI Spark
-                     reads (``s3a://``, ``abfss://``, ``gs://``, ``hdfs://``); chunks of
-                     whole files, sorted by name, up to ``chunk_bytes`` each
+files                JSONL, ``.gz`` or ``.bz2`` files, folders and globs, local or any URI
+                     Spark reads (``s3a://``, ``abfss://``, ``gs://``, ``hdfs://``); chunks
+                     of byte ranges, sorted by name, up to ``chunk_bytes`` each (a big
+                     plain file is cut; gzip stays whole); read by one task per split
 Kafka range          a topic between two offsets or record timestamps per partition;
                      chunks end at every UTC day (or hour) boundary of the record
                      timestamps and hold at most ``chunk_frames`` frames
@@ -29,15 +30,15 @@ from dataclasses import dataclass, field
 
 from doodlestats.kafka import client_settings, spark_kafka_options
 
-__all__ = ["Chunk", "file_chunks", "kafka_chunks", "spool_stdin", "parse_time"]
+__all__ = ["Chunk", "file_chunks", "read_ranges", "splittable", "kafka_chunks", "spool_stdin", "parse_time"]
 
 
 @dataclass
 class Chunk:
-    """One unit of backfill work: a list of files or per-partition Kafka offset ranges."""
+    """One unit of backfill work: byte ranges of files or per-partition Kafka offset ranges."""
 
     label: str
-    files: list[str] = field(default_factory=list)
+    ranges: list[tuple[str, int, int]] = field(default_factory=list)  # (file, first byte, bytes)
     topic: str | None = None
     start: dict[int, int] = field(default_factory=dict)   # partition -> first offset
     end: dict[int, int] = field(default_factory=dict)     # partition -> offset after the last
@@ -45,24 +46,21 @@ class Chunk:
 
     def read(self, spark, cfg):
         """The chunk as a static DataFrame with the pipeline's source columns."""
-        from pyspark.sql import functions as F
-        if self.files:
-            # one file = one split, read in order: the row index in a partition is its line
-            spark.conf.set("spark.sql.files.maxPartitionBytes", str(1 << 40))
-            spark.conf.set("spark.sql.files.openCostInBytes", str(1 << 40))
-            return (spark.read.format("text").load(self.files)
-                    .select(F.col("value").cast("binary").alias("value"), F.col("_metadata.file_path").alias("file")))
+        from doodlestats.stages import source_columns
+        if self.ranges:
+            return read_ranges(spark, self.ranges)
         offsets = {self.topic: {str(p): o for p, o in self.start.items()}}
         ending = {self.topic: {str(p): o for p, o in self.end.items()}}
+        tasks = max(cfg.job.min_partitions, spark.sparkContext.defaultParallelism,
+                    -(-self.size // cfg.job.frames_per_task))
         return (spark.read.format("kafka")
                 .options(**spark_kafka_options(cfg))
                 .option("subscribe", self.topic)
                 .option("startingOffsets", json.dumps(offsets)).option("endingOffsets", json.dumps(ending))
-                .option("minPartitions", str(max(cfg.job.min_partitions, -(-self.size // cfg.job.frames_per_task))))
+                .option("minPartitions", str(tasks))  # offset ranges split: every core reads
                 .option("kafka.max.partition.fetch.bytes", str(4 << 20))  # see jobs/minute_stats.py FETCH_BYTES
                 .load()
-                .select("value", "topic", "partition", "offset",
-                        F.lit(None).cast("string").alias("file"), F.lit(None).cast("bigint").alias("line")))
+                .transform(source_columns))
 
 
 def parse_time(text: str) -> int:
@@ -108,22 +106,70 @@ def _expand(spark, inputs: list[str]) -> list[tuple[str, int]]:
     return sorted(out.items())
 
 
+#: Compressed files Hadoop cannot split: one task reads each whole (bzip2 and plain split).
+WHOLE_FILE_SUFFIXES = (".gz", ".deflate", ".zst", ".lz4", ".snappy")
+#: The smallest split of a byte-range read (below it, a task's fixed cost dominates).
+MIN_SPLIT_BYTES = 4 << 20
+
+
+def splittable(uri: str) -> bool:
+    """Whether a file can be read in byte ranges (plain text, bzip2)."""
+    return not uri.lower().endswith(WHOLE_FILE_SUFFIXES)
+
+
 def file_chunks(spark, inputs: list[str], chunk_bytes: int) -> list[Chunk]:
-    """Whole files, in name order, grouped into chunks of about ``chunk_bytes``."""
+    """Files in name order as byte ranges grouped into chunks of about ``chunk_bytes``. A
+    splittable file larger than that is cut into ranges of ``chunk_bytes`` (each line
+    belongs to the range it starts in, see :func:`read_ranges`) — not without the jar,
+    whose absence means whole files read as Spark text."""
+    from doodlestats.session import has_fast_parser
+    cut = has_fast_parser(spark)
+    files = _expand(spark, inputs)
     chunks: list[Chunk] = []
-    cur = Chunk(label="")
-    for uri, size in _expand(spark, inputs):
-        if cur.files and cur.size + size > chunk_bytes:
-            chunks.append(cur)
-            cur = Chunk(label="")
-        cur.files.append(uri)
-        cur.size += size
-    if cur.files:
-        chunks.append(cur)
+    for uri, size in files:
+        step = chunk_bytes if cut and splittable(uri) else max(size, 1)
+        for at in range(0, max(size, 1), step):
+            n = min(step, size - at)
+            if not chunks or chunks[-1].size + n > chunk_bytes:
+                chunks.append(Chunk(label=""))
+            chunks[-1].ranges.append((uri, at, n))
+            chunks[-1].size += n
+    sizes = dict(files)
     for c in chunks:
-        first, last = c.files[0].rsplit("/", 1)[-1], c.files[-1].rsplit("/", 1)[-1]
-        c.label = first if len(c.files) == 1 else f"{first} … {last} ({len(c.files)} files)"
+        c.label = _label(c.ranges, sizes)
     return chunks
+
+
+def _label(ranges: list[tuple[str, int, int]], sizes: dict[str, int]) -> str:
+    names = [uri.rsplit("/", 1)[-1] for uri, _, _ in ranges]
+    if len(ranges) > 1:
+        return f"{names[0]} … {names[-1]} ({len(ranges)} files)"
+    uri, at, n = ranges[0]
+    return names[0] if n == sizes[uri] else f"{names[0]} bytes {at:,}…{at + n:,}"
+
+
+def read_ranges(spark, ranges: list[tuple[str, int, int]]):
+    """The lines of byte ranges of files with the pipeline's source columns, read by as
+    many tasks as splits: a range is cut into splits of Spark's ``maxPartitionBytes`` or
+    less, so that every core has one (at least :data:`MIN_SPLIT_BYTES`). Each row has its
+    ``file`` and ``byte_offset``; ``partition``/``offset`` are the split and the line's
+    index in it. Needs ``doodle-udf.jar``; without it, whole files are read as Spark text
+    (one task a file) and numbered by line (:func:`doodlestats.stages.with_file_positions`)."""
+    from pyspark.sql import DataFrame
+    from pyspark.sql import functions as F
+    from doodlestats.session import has_fast_parser
+    from doodlestats.stages import source_columns
+    if not has_fast_parser(spark):
+        spark.conf.set("spark.sql.files.maxPartitionBytes", str(1 << 40))
+        spark.conf.set("spark.sql.files.openCostInBytes", str(1 << 40))
+        return (spark.read.format("text").load([r[0] for r in ranges])
+                .select(F.col("value").cast("binary").alias("value"), F.col("_metadata.file_path").alias("file")))
+    js = spark._jsparkSession
+    total = sum(n for _, _, n in ranges)
+    split = min(js.sessionState().conf().filesMaxPartitionBytes(),
+                max(MIN_SPLIT_BYTES, -(-total // spark.sparkContext.defaultParallelism)))
+    text = "\n".join(f"{uri}\t{at}\t{n}" for uri, at, n in ranges)
+    return source_columns(DataFrame(spark._jvm.doodle.udf.LineRanges.read(js, text, split), spark))
 
 
 def spool_stdin(folder: str, lines_per_file: int = 1_000_000, stream=None) -> list[str]:

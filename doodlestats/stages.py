@@ -5,8 +5,11 @@
 ``summary``  the batch's summary and its few quarantine rows as metrics of the counting pass
 ``quarantine_rows`` the rows of the ``quarantine`` table
 
-The source columns are ``value`` (binary), ``topic``, ``partition``, ``offset`` (Kafka)
-or ``file``, ``line`` (files; :func:`with_file_positions` numbers them).
+The source columns (:data:`SOURCE_COLUMNS`) are ``value`` (binary), ``topic``,
+``partition``, ``offset`` (Kafka) or ``file`` and ``line`` (whole files read in order,
+:func:`with_file_positions` numbers them) or ``byte_offset`` (files read as byte ranges,
+:mod:`doodlestats.source`); ``partition``/``offset`` are then the split and the line's
+index in it.
 """
 
 from __future__ import annotations
@@ -21,8 +24,19 @@ from doodlestats.parse import parse_frames
 from doodlestats.staging import tally_col
 from doodlestats.window import final_sql, minute_sql
 
-__all__ = ["read", "classify", "counted", "summary_metrics", "summary_job", "few_quarantine_rows",
+__all__ = ["SOURCE_COLUMNS", "source_columns", "read", "classify", "counted", "summary_metrics", "summary_job", "few_quarantine_rows",
            "quarantine_rows", "with_file_positions"]
+
+
+#: The pipeline's source columns and their types; a source has some, the rest are null.
+SOURCE_COLUMNS = {"value": "binary", "topic": "string", "partition": "int", "offset": "bigint",
+                  "file": "string", "line": "bigint", "byte_offset": "bigint"}
+
+
+def source_columns(df: DataFrame) -> DataFrame:
+    """``df`` with exactly :data:`SOURCE_COLUMNS`: its own, and nulls for the others."""
+    return df.select(*[F.col(c) if c in df.columns else F.lit(None).cast(t).alias(c)
+                       for c, t in SOURCE_COLUMNS.items()])
 
 
 def with_file_positions(df: DataFrame) -> DataFrame:
@@ -31,25 +45,25 @@ def with_file_positions(df: DataFrame) -> DataFrame:
     Each file is one Spark partition read in order (the files source sets the split size
     so), so the row index inside the partition is the line number. ``partition`` is a
     stable id of the file, ``offset`` the 0-based line: the guard's neighbourhoods and
-    the quarantine's coordinates then work as for Kafka.
+    the quarantine's coordinates then work as for Kafka. A source that has ``offset``
+    already is returned as it is.
     """
     if "offset" in df.columns:
         return df
     idx = F.monotonically_increasing_id().bitwiseAND(F.lit((1 << 33) - 1))
-    return df.select("value", F.lit(None).cast("string").alias("topic"),
-                     (F.crc32(F.col("file")) % F.lit(2 ** 31)).cast("int").alias("partition"),
-                     idx.alias("offset"), "file", (idx + 1).alias("line"))
+    return source_columns(df.select("value", (F.crc32(F.col("file")) % F.lit(2 ** 31)).cast("int").alias("partition"),
+                                    idx.alias("offset"), "file", (idx + 1).alias("line")))
 
 
 def read(src: DataFrame, parser: str, suspects: bool, max_skew: int, watermark: int | None,
          prev_ref: int | None) -> DataFrame:
     """Parse and keep what later stages need; raw bytes only where the frame may be
     quarantined (:func:`guard.keep_raw`). Cached per frame: keep it narrow (topic/file
-    are ``src``, told apart by ``line``)."""
+    are ``src``, told apart by ``line`` or ``byte_offset``)."""
     keep = guard.keep_raw(suspects, max_skew, watermark, prev_ref)
     return parse_frames(src, parser).selectExpr(
         "ts", "uid", "reason", "coalesce(topic, file) AS src", "partition", "offset", "line",
-        f"CASE WHEN {keep} THEN value END AS raw")
+        "byte_offset", f"CASE WHEN {keep} THEN value END AS raw")
 
 
 def classify(frames: DataFrame, gp: guard.GuardPlan, watermark: int | None, size: int, max_skew: int) -> DataFrame:
@@ -58,7 +72,7 @@ def classify(frames: DataFrame, gp: guard.GuardPlan, watermark: int | None, size
     v = guard.with_verdicts(frames, gp, size, max_skew)
     minute = minute_sql("ts")
     late = f"reason IS NULL AND NOT outlier AND {final_sql(minute, watermark)}"
-    return v.selectExpr("ts", "uid", "src", "partition", "offset", "line", "raw", f"{minute} AS minute",
+    return v.selectExpr("ts", "uid", "src", "partition", "offset", "line", "byte_offset", "raw", f"{minute} AS minute",
                         f"CASE WHEN outlier THEN '{reasons.TS_OUTLIER}' WHEN {late} THEN '{reasons.LATE}' "
                         f"ELSE reason END AS reason", "outlier AND raw IS NULL AS unkept")
 
@@ -75,7 +89,7 @@ def summary_metrics(with_rows: bool) -> list:
     themselves — only when the batch's statistics bounded their number and bytes."""
     out = [F.expr(tally_col(_SUMMARY_MINUTE, "src", "partition", "reason", "ts", "offset", "unkept"))]
     if with_rows:  # JSON (raw as base64): the driver adds batch_id and the time (see few_quarantine_rows)
-        row = "named_struct(" + ", ".join(f"'{name}', {sql}" for name, sql in _QUARANTINE_COLS[:10]) + ")"
+        row = "named_struct(" + ", ".join(f"'{name}', {sql}" for name, sql in _QUARANTINE_COLS) + ")"
         out.append(F.expr(f"to_json(collect_list(CASE WHEN reason IS NOT NULL AND NOT unkept THEN {row} END))"))
     return out
 
@@ -120,10 +134,12 @@ def quarantine_rows(src: DataFrame, classified: DataFrame, unkept: int, batch_id
 #: The minute a frame counts in, for the summary: accepted and late frames only.
 _SUMMARY_MINUTE = f"CASE WHEN reason IS NULL OR reason = '{reasons.LATE}' THEN minute END"
 #: The quarantine table's columns from a classified frame (batch_id and the time are added).
+_FROM_FILE = "(line IS NOT NULL OR byte_offset IS NOT NULL)"
 _QUARANTINE_COLS = [
-    ("reason", "reason"), ("raw", "raw"), ("topic", "CASE WHEN line IS NULL THEN src END"),
-    ("partition", "partition"), ("offset", "offset"), ("file", "CASE WHEN line IS NOT NULL THEN src END"),
-    ("line", "line"), ("ts", "ts"), ("uid", "uid"), ("minute", f"CASE WHEN reason = '{reasons.LATE}' THEN minute END"),
+    ("reason", "reason"), ("raw", "raw"), ("topic", f"CASE WHEN NOT {_FROM_FILE} THEN src END"),
+    ("partition", "partition"), ("offset", "offset"), ("file", f"CASE WHEN {_FROM_FILE} THEN src END"),
+    ("line", "line"), ("byte_offset", "byte_offset"), ("ts", "ts"), ("uid", "uid"),
+    ("minute", f"CASE WHEN reason = '{reasons.LATE}' THEN minute END"),
 ]
 
 

@@ -55,8 +55,8 @@ def kafka_source(spark, cfg, one_task_per_partition: bool = False):
     past offsets retention deleted (the runner reads past skipped gaps this way, see
     :data:`SPARK_KAFKA_RACE`): no ``minPartitions`` split, and at most ``frames_per_task``
     frames per batch, so that the tasks stay as small."""
-    from pyspark.sql import functions as F
     from doodlestats.kafka import spark_kafka_options
+    from doodlestats.stages import source_columns
     reader = (spark.readStream.format("kafka")
               .options(**spark_kafka_options(cfg))
               .option("subscribe", cfg.kafka.input_topic)
@@ -83,8 +83,7 @@ def kafka_source(spark, cfg, one_task_per_partition: bool = False):
             .option("fetchOffset.numRetries", str(-(-BROKER_PATIENCE_S // 60)))
             .option("kafkaConsumer.pollTimeoutMs", str(BROKER_PATIENCE_S * 1000))
             .load()
-            .select("value", "topic", "partition", "offset",
-                    F.lit(None).cast("string").alias("file"), F.lit(None).cast("bigint").alias("line")))
+            .transform(source_columns))
 
 
 def files_source(spark, path: str):

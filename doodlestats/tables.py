@@ -7,6 +7,12 @@ minute_uids     the distinct (minute, uid) pairs (exact mode) — the source of 
 quarantine      every frame that was not counted, with its raw bytes and a reason
 =============== ===================================================================
 
+Where a quarantine row came from: ``topic``, ``partition``, ``offset`` (Kafka); or
+``file`` and ``byte_offset`` (files read as byte ranges: the backfill; the offset of the
+line's first byte, in the decompressed text for gzip), or ``file`` and ``line`` (1-based;
+whole files read in order: the stream's file source, the backfill without the jar). For
+file rows ``partition``/``offset`` are the split and the line's index in it.
+
 Who writes what (see README "Where work runs"):
 
 * ``quarantine`` and ``minute_uids`` hold one row per frame / pair. **Executors** write
@@ -58,7 +64,8 @@ SCHEMAS: dict[str, pa.Schema] = {
                             ("batch_id", pa.int64())]),
     QUARANTINE: pa.schema([
         ("reason", pa.string()), ("raw", pa.binary()), ("topic", pa.string()), ("partition", pa.int32()),
-        ("offset", pa.int64()), ("file", pa.string()), ("line", pa.int64()), ("ts", pa.int64()),
+        ("offset", pa.int64()), ("file", pa.string()), ("line", pa.int64()), ("byte_offset", pa.int64()),
+        ("ts", pa.int64()),
         ("uid", pa.string()), ("minute", pa.int64()), ("batch_id", pa.int64()),
         ("quarantined_at", _TS), ("date", pa.date32())]),
 }
@@ -122,12 +129,19 @@ class Tables:
         return dt
 
     def ensure(self) -> None:
-        """Create the tables if missing (partitioned by date)."""
-        from deltalake import DeltaTable
+        """Create the tables if missing (partitioned by date); add the columns a table of an
+        earlier version lacks (nullable, so its old rows read as null)."""
+        from deltalake import DeltaTable, Field
         for name, schema in SCHEMAS.items():
             if not DeltaTable.is_deltatable(self._rs(name), storage_options=self.storage_options):
                 DeltaTable.create(self._rs(name), schema, mode="ignore", partition_by=["date"], name=name,
                                   storage_options=self.storage_options)
+                continue
+            dt = self.table(name)
+            have = set(dt.schema().to_arrow().names)
+            missing = [Field.from_arrow(f) for f in schema if f.name not in have]
+            if missing:
+                dt.alter.add_columns(missing)
 
     def committed(self, name: str, batch_id: int) -> bool:
         """True if ``batch_id`` (or a later batch) was already committed to ``name``."""

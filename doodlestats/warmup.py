@@ -16,6 +16,8 @@ import time
 
 from pyspark.sql import functions as F
 
+from doodlestats.stages import source_columns
+
 __all__ = ["warm_up"]
 
 FRAMES = [
@@ -38,8 +40,7 @@ def warm_up(spark, cfg, frames: int) -> float:
     df = spark.range(0, frames, 1, 2).select(
         F.when(F.col("id") % 3 == 0, pick).otherwise(uid.cast("binary")).alias("value"),
         F.lit("warm-up").alias("topic"), F.lit(0).alias("partition"),
-        F.col("id").alias("offset"), F.lit(None).cast("string").alias("file"),
-        F.lit(None).cast("bigint").alias("line"))
+        F.col("id").alias("offset")).transform(source_columns)
     tmp = tempfile.mkdtemp(prefix="doodle-warm-up-")
     try:
         scratch = MinuteStatsPipeline(spark, cfg, os.path.join(tmp, "ckpt"), os.path.join(tmp, "delta"))

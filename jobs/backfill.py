@@ -14,7 +14,7 @@ Run it::
     ./spark-submit.sh jobs/backfill.py --topic doodle --from 2016-07-11 --to 2016-07-12 --print
     zcat stream.jsonl.gz | ./spark-submit.sh jobs/backfill.py --input - --print
 
-Chunks (files: ``--chunk-bytes`` of whole files; Kafka: every UTC ``--chunk`` day/hour
+Chunks (files: ``--chunk-bytes`` of byte ranges, a big plain file cut; Kafka: every UTC ``--chunk`` day/hour
 of record time, at most ``--chunk-frames``) are committed one by one with the chunk's
 number as the Delta transaction version: a backfill killed half-way resumes at the
 first unfinished chunk when started again with the same arguments, and running a
@@ -60,7 +60,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ch = ap.add_argument_group("chunks")
     ch.add_argument("--chunk", choices=["day", "hour"], default="day", help="Kafka: cut at every UTC day/hour")
     ch.add_argument("--chunk-frames", type=int, default=5_000_000, help="Kafka: at most this many frames a chunk")
-    ch.add_argument("--chunk-bytes", type=int, default=1 << 30, help="files: about this many bytes a chunk (1 GiB)")
+    ch.add_argument("--chunk-bytes", type=int, default=1 << 30, help="files: about this many bytes a chunk (1 GiB; a bigger plain file is cut)")
     out = ap.add_argument_group("output")
     out.add_argument("--delta-path", help="root of the Delta tables ([paths] delta)")
     out.add_argument("--checkpoint", help="where the backfill keeps its progress (default: a folder below "

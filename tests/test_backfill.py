@@ -15,7 +15,7 @@ import orjson
 import pytest
 
 from conftest import ROOT, new_topic, run_job
-from test_minute_stats import job_args, quarantine_counts, recount, stored_minutes, truth_by_minute
+from test_minute_stats import delta_rows, job_args, quarantine_counts, recount, stored_minutes, truth_by_minute
 
 pytestmark = pytest.mark.integration
 
@@ -143,3 +143,66 @@ def test_kafka_range_by_record_time_and_over_a_streams_minutes(kafka, spark, tes
         rep = Rollups(spark, str(tmp_path / "delta")).run(grain, "exact", full=True)
         assert {r.start: (r.unique_users, r.frames) for r in rep.results} == \
             {p: (len(u), want_frames[p]) for p, u in want_users.items()}
+
+
+def test_a_big_file_read_in_splits_equals_the_same_lines_in_small_files(spark, test_conf, history, tmp_path):
+    """One plain file, cut into chunks and each chunk into splits (lines straddle every
+    boundary), against the same lines in small files: the same minutes, pairs and
+    quarantine rows; each quarantine row's byte offset finds its line in the big file."""
+    _, lines, truth = history
+    big = tmp_path / "big.jsonl"
+    big.write_bytes(b"\n".join(lines) + b"\n")
+    small = tmp_path / "small"
+    small.mkdir()
+    for i in range(0, len(lines), 2_000):
+        (small / f"part-{i // 2_000:03d}.jsonl").write_bytes(b"\n".join(lines[i:i + 2_000]) + b"\n")
+    chunk = big.stat().st_size // 5 + 1  # 5 chunks of 2 splits each (MIN_SPLIT_BYTES 4 MB, 2 cores)
+    runs, logs = {}, {}
+    for name, inp, extra in (("big", big, ["--chunk-bytes", str(chunk)]), ("small", small, [])):
+        logs[name] = backfill(["--input", str(inp), "--delta-path", str(tmp_path / name), *extra], test_conf).stderr
+        runs[name] = tmp_path / name
+    assert "5 chunk(s)" in logs["big"] and "1 chunk(s)" in logs["small"]
+    want = truth_by_minute(truth)
+    bad = {k: v for k, v in truth["defects"].items() if k not in ("string_ts", "delayed") and v}
+    for name, delta in runs.items():
+        assert stored_minutes(spark, delta) == want, name
+        assert dict(quarantine_counts(spark, delta)) == bad, name
+    pairs = {n: {(r["minute"], r["uid"]) for r in delta_rows(spark, d, "minute_uids")} for n, d in runs.items()}
+    assert pairs["big"] == pairs["small"] and len(pairs["big"]) == sum(u for u, _ in want.values())
+    rows = {n: delta_rows(spark, d, "quarantine") for n, d in runs.items()}
+    assert sorted((r["reason"], bytes(r["raw"])) for r in rows["big"]) == \
+        sorted((r["reason"], bytes(r["raw"])) for r in rows["small"])
+    data = big.read_bytes()
+    for r in rows["big"]:
+        at, raw = r["byte_offset"], bytes(r["raw"])
+        assert r["file"].endswith("big.jsonl") and r["line"] is None and r["topic"] is None
+        assert data[at:at + len(raw)] == raw and (at == 0 or data[at - 1:at] == b"\n"), r
+    assert len({r["partition"] for r in rows["big"]}) > 1  # read by more than one split
+
+
+def test_read_ranges_gives_each_line_once_with_its_byte_offset(spark, tmp_path):
+    """read_ranges on a plain file (ranges and splits cut mid-line, CRLF and empty lines)
+    and on a .gz (one split, offsets in the decompressed text): every line exactly once."""
+    from doodlestats.source import read_ranges
+    body = b"".join(b'{"uid":"u%d","pad":"%s"}%s' % (i, b"x" * (i * 37 % 3000), b"\r\n" if i % 7 == 0 else b"\n")
+                    for i in range(6_000)) + b"\n" + b'{"last":"no newline"}'
+    plain, packed = tmp_path / "a.jsonl", tmp_path / "a.jsonl.gz"
+    plain.write_bytes(body)
+    packed.write_bytes(gzip.compress(body))
+    want, at = [], 0
+    for raw in body.split(b"\n"):
+        want.append((at, raw.rstrip(b"\r")))
+        at += len(raw) + 1
+    size = len(body)
+    spark.conf.set("spark.sql.files.maxPartitionBytes", str(1 << 20))
+    try:
+        thirds = [(str(plain), a, min(size, b) - a) for a, b in ((0, size // 3), (size // 3, 2 * size // 3 + 5),
+                                                                     (2 * size // 3 + 5, size))]
+        for ranges, tasks in ((thirds, None), ([(str(packed), 0, packed.stat().st_size)], 1)):
+            df = read_ranges(spark, ranges)
+            got = sorted((r["byte_offset"], bytes(r["value"])) for r in df.collect())
+            assert got == want
+            n = df.rdd.getNumPartitions()
+            assert n == tasks if tasks else n >= 3
+    finally:
+        spark.conf.unset("spark.sql.files.maxPartitionBytes")

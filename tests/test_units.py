@@ -123,3 +123,21 @@ def test_job_help_works_without_spark_starting():
     r = subprocess.run([sys.executable, "jobs/minute_stats.py", "--help"], cwd=ROOT, capture_output=True,
                        text=True, timeout=60)
     assert r.returncode == 0 and "--available-now" in r.stdout
+
+
+def test_tables_of_an_earlier_version_get_the_new_columns(tmp_path):
+    """A quarantine table created without ``byte_offset`` (an earlier version) gains it on
+    ``ensure``; its old rows read as null and rows of the new schema append."""
+    import pyarrow as pa
+    from deltalake import DeltaTable, write_deltalake
+    from doodlestats.tables import QUARANTINE, SCHEMAS, Tables
+    old = pa.schema([f for f in SCHEMAS[QUARANTINE] if f.name != "byte_offset"])
+    path = tmp_path / QUARANTINE
+    write_deltalake(str(path), pa.Table.from_pylist([{"reason": "malformed_json", "line": 3}], schema=old),
+                    partition_by=["date"])
+    t = Tables(tmp_path, "test")
+    t.ensure()
+    t.append(QUARANTINE, pa.Table.from_pylist([{"reason": "bad_ts", "byte_offset": 99}], schema=SCHEMAS[QUARANTINE]), 0)
+    rows = DeltaTable(str(path)).to_pyarrow_table(columns=["reason", "line", "byte_offset"]).to_pylist()
+    assert sorted(rows, key=lambda r: r["reason"]) == [{"reason": "bad_ts", "line": None, "byte_offset": 99},
+                                                       {"reason": "malformed_json", "line": 3, "byte_offset": None}]
