@@ -1,12 +1,12 @@
 """Results of a benchmark run: the issue's targets, a markdown report, a bar chart, the
-table on stderr, and the section of README.md between ``<!-- bench:start -->`` and
-``<!-- bench:end -->``. Also what the driver and the executors cost per 1M frames
+table on stderr, and the section of docs/performance.md between ``<!-- bench:start -->``
+and ``<!-- bench:end -->``. Also what the driver and the executors cost per 1M frames
 (:func:`cost_rows`), the floor step's per-batch comparison (:func:`floor_md`), the poison
 rows, and a projection to more executor cores
 (:func:`projection` — computed from measured CPU seconds, not measured itself).
 
-    from bench.report import update_readme_section
-    update_readme_section(result)        # result: the dict of bench/results/<date>.json
+    from bench.report import update_performance_section
+    update_performance_section(result)   # result: the dict of bench/results/<date>.json
 
 :func:`write_all` writes ``<stem>.json``, ``<stem>.md`` and ``<stem>.png`` into a folder.
 """
@@ -20,7 +20,8 @@ from pathlib import Path
 
 from bench.common import REPO_ROOT, fmt_int, write_json
 
-README = REPO_ROOT / "README.md"
+#: The page whose bench section a full run rewrites (it used to be README.md).
+PERFORMANCE_PAGE = REPO_ROOT / "docs" / "performance.md"
 START, END = "<!-- bench:start -->", "<!-- bench:end -->"
 
 ROW_MEANING = {
@@ -489,8 +490,8 @@ def markdown(result: dict) -> str:
     return "\n".join(out) + "\n"
 
 
-def readme_markdown(result: dict, link: str | None = None) -> str:
-    """The short section for README.md: machine, date, table, targets."""
+def section_markdown(result: dict, link: str | None = None) -> str:
+    """The bench section of docs/performance.md: machine, date, table, targets."""
     out = [f"Last run {result['date']} on {machine_line(result)}; {result['frames']:,} frames of "
            f"~{result['frame_bytes']:,.0f} B. `make bench` reproduces it (details: `bench/README.md`"
            + (f", full report: `{link}`" if link else "") + ").", "", table_md(result), "",
@@ -512,26 +513,31 @@ def readme_markdown(result: dict, link: str | None = None) -> str:
     return "\n".join(out)
 
 
-def update_readme_section(result: dict, readme: Path = README, link: str | None = None) -> bool:
-    """Replace what is between the bench markers of README.md with this run's summary.
+def update_performance_section(result: dict, page: Path = PERFORMANCE_PAGE, link: str | None = None) -> bool:
+    """Replace what is between the bench markers of docs/performance.md with this run's summary.
 
     Does nothing (returns False) if the file or either marker is missing; only the text
     between the markers changes.
     """
     try:
-        text = readme.read_text()
+        text = page.read_text()
     except OSError:
         return False
     pat = re.compile(re.escape(START) + r".*?" + re.escape(END), re.S)
     if not pat.search(text):
         return False
-    body = readme_markdown(result, link)
+    body = section_markdown(result, link)
     new = pat.sub(lambda _m: f"{START}\n{body}\n{END}", text, count=1)
     if new != text:
-        tmp = readme.with_name(readme.name + ".bench.tmp")
+        tmp = page.with_name(page.name + ".bench.tmp")
         tmp.write_text(new)
-        os.replace(tmp, readme)
+        os.replace(tmp, page)
     return True
+
+
+# the old names, from when the section lived in README.md (callers elsewhere may still use them)
+readme_markdown = section_markdown
+update_readme_section = update_performance_section
 
 
 def text_table(result: dict) -> str:

@@ -35,9 +35,9 @@ Steps (progress on stderr, the result table on stdout):
    CPU per batch — on ``--floor-frames`` frames with defects (20,000; ``--smoke`` 3,000) in
    topics of a broker of its own (127.0.0.1:29092, started and stopped by the step).
 5. ``bench/results/<date>.{json,md,png}`` — with the costs per 1M frames and a projection
-   to more executor cores (``bench.report.projection``) — and the README section between
-   ``<!-- bench:start -->``/``<!-- bench:end -->`` (``--smoke``: ``bench/.work/smoke/``,
-   README untouched).
+   to more executor cores (``bench.report.projection``) — and the section of
+   docs/performance.md between ``<!-- bench:start -->``/``<!-- bench:end -->``
+   (``--no-docs`` skips it; ``--smoke``: ``bench/.work/smoke/``, the page untouched).
 
 Exit status: 0 if every step ran, 1 if a step failed (the others still run and the
 results are written), 2 for a problem to fix first (missing sample, broker, ...).
@@ -102,7 +102,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--no-profile", action="store_true",
                     help="run the Spark rows without event log and step timings")
     ap.add_argument("--out-dir", help="where results go (default bench/results, --smoke bench/.work/smoke)")
-    ap.add_argument("--no-readme", action="store_true", help="do not update README.md's bench section")
+    ap.add_argument("--no-docs", "--no-readme", dest="no_docs", action="store_true",
+                    help="do not update the bench section of docs/performance.md (--no-readme: the old name)")
     ap.add_argument("--bootstrap-servers", help="Kafka to use (default: [kafka] bootstrap_servers); "
                                                 "only the default one is started when down")
     return ap.parse_args(argv)
@@ -315,10 +316,10 @@ def run(args: argparse.Namespace) -> int:
     print(report.text_table(result))
     say("wrote " + ", ".join(str(p.relative_to(REPO_ROOT) if p.is_relative_to(REPO_ROOT) else p)
                              for p in paths.values()))
-    if not args.smoke and not args.no_readme:
+    if not args.smoke and not args.no_docs:
         link = str(paths["md"].relative_to(REPO_ROOT)) if paths["md"].is_relative_to(REPO_ROOT) else None
-        if report.update_readme_section(result, link=link):
-            say("updated the bench section of README.md")
+        if report.update_performance_section(result, link=link):
+            say("updated the bench section of docs/performance.md")
     if failures:
         say(f"{len(failures)} step(s) failed: " + "; ".join(failures))
         return 1
