@@ -7,7 +7,7 @@ referrers, and byte arrays grouped by the classes that hold them.
     python -m bench.heap_owners driver.hprof --class 'java.util.concurrent.ConcurrentHashMap$Node' \\
         --through '[Ljava.util.concurrent.ConcurrentHashMap$Node;'     # the maps that own the nodes
 
-How the soak's causes were found (README, "Soak"): the live SparkSessions of Spark 4.0.1
+How the soak's causes were found (docs/operations.md, "Soak"): the live SparkSessions of Spark 4.0.1
 (``ArtifactManager`` ← ``CleanerImpl$PhantomCleanableRef``), the Kafka records of Spark's
 fetched-data cache (``ConsumerRecord`` ← ``ArrayList``), the broadcast tables of the
 anti-join (``UnsafeHashedRelation`` ← ``MemoryStore``).

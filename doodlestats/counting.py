@@ -1,6 +1,6 @@
 """Counting strategies: exact distinct users, or HyperLogLog sketches — one interface.
 
-A :class:`Counter` splits its work the way the job does (README "Where work runs"):
+A :class:`Counter` splits its work the way the job does (docs/semantics.md "Where work runs"):
 
 * :meth:`Counter.partials` — on **executors**, in the batch's one counting pass: from the
   batch's counted frames, one small partial per touched minute comes back to the driver;

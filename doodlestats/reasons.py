@@ -1,7 +1,7 @@
 """Reason codes for quarantined frames.
 
 Every frame that is not counted lands in the quarantine table with exactly one of
-these codes. The codes are part of the product's contract (README, tests, the
+these codes. The codes are part of the product's contract (README, docs/semantics.md, tests, the
 progress line); the JVM fast parser emits the first five with the same spelling.
 """
 

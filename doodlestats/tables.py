@@ -13,7 +13,7 @@ line's first byte, in the decompressed text for gzip), or ``file`` and ``line`` 
 whole files read in order: the stream's file source, the backfill without the jar). For
 file rows ``partition``/``offset`` are the split and the line's index in it.
 
-Who writes what (see README "Where work runs"):
+Who writes what (see docs/semantics.md "Where work runs"):
 
 * ``quarantine`` and ``minute_uids`` hold one row per frame / pair. **Executors** write
   their Parquet files with Spark's writer into a per-batch staging folder inside the
