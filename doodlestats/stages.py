@@ -46,10 +46,10 @@ def with_file_positions(df: DataFrame) -> DataFrame:
     so), so the row index inside the partition is the line number. ``partition`` is a
     stable id of the file, ``offset`` the 0-based line: the guard's neighbourhoods and
     the quarantine's coordinates then work as for Kafka. A source that has ``offset``
-    already is returned as it is.
+    already gets only the source columns it lacks (as nulls).
     """
     if "offset" in df.columns:
-        return df
+        return source_columns(df)
     idx = F.monotonically_increasing_id().bitwiseAND(F.lit((1 << 33) - 1))
     return source_columns(df.select("value", (F.crc32(F.col("file")) % F.lit(2 ** 31)).cast("int").alias("partition"),
                                     idx.alias("offset"), "file", (idx + 1).alias("line")))
