@@ -60,7 +60,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ch = ap.add_argument_group("chunks")
     ch.add_argument("--chunk", choices=["day", "hour"], default="day", help="Kafka: cut at every UTC day/hour")
     ch.add_argument("--chunk-frames", type=int, default=5_000_000, help="Kafka: at most this many frames a chunk")
-    ch.add_argument("--chunk-bytes", type=int, default=1 << 30, help="files: about this many bytes a chunk (1 GiB; a bigger plain file is cut)")
+    ch.add_argument("--chunk-bytes", type=int, default=4 << 30,
+                    help="files: about this many bytes a chunk (4 GiB, ~2M frames; a bigger plain file is cut)")
     out = ap.add_argument_group("output")
     out.add_argument("--delta-path", help="root of the Delta tables ([paths] delta)")
     out.add_argument("--checkpoint", help="where the backfill keeps its progress (default: a folder below "
