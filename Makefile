@@ -21,7 +21,7 @@ STAMP_KAFKA := .deps/kafka-jars/.fetched
 STAMP_STORAGE := .deps/storage-jars/.fetched
 PLAIN_CONF  := conf/spark/spark-defaults.conf
 
-.PHONY: help setup run test test-fast bench-smoke kafka-up kafka-down kafka-status cluster-up cluster-down cluster-status wheel sample load stats bench notebook chaos soak quarantine-purge clean distclean
+.PHONY: help setup run test test-fast lint bench-smoke kafka-up kafka-down kafka-status cluster-up cluster-down cluster-status wheel sample load stats bench notebook chaos soak quarantine-purge clean distclean
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-15s %s\n", $$1, $$2}'
@@ -100,6 +100,10 @@ run: setup sample ## set-up, embedded Kafka, load the sample once, run minute_st
 
 test: setup ## set-up, then the whole test suite (starts and stops its own broker)
 	$(VPY) -m pytest $(PYTEST_ARGS)
+
+lint: $(STAMP_VENV) ## ruff (every Python file) and mypy (doodlestats, jobs, tools), as configured in pyproject.toml
+	$(VPY) -m ruff check .
+	$(VPY) -m mypy
 
 test-fast: setup ## the tests that need neither Kafka nor Spark
 	$(VPY) -m pytest -m "not integration" $(PYTEST_ARGS)

@@ -43,8 +43,19 @@ import sys
 import time
 from pathlib import Path
 
-from bench.common import (REPO_ROOT, WORK_DIR, BenchError, Frames, fmt_int, machine_info, python, run_process, say,
-                          spark_cmd, write_json)
+from bench.common import (
+    REPO_ROOT,
+    WORK_DIR,
+    BenchError,
+    Frames,
+    fmt_int,
+    machine_info,
+    python,
+    run_process,
+    say,
+    spark_cmd,
+    write_json,
+)
 
 ROWS = ("duckdb_jsonl", "backfill_jsonl", "duckdb_gz24", "backfill_gz24")
 PAIRS = (("jsonl", 0.35), ("gz24", 0.8))   # backfill_<fmt> ≥ factor × duckdb_<fmt>, exact
@@ -393,7 +404,8 @@ def markdown(bf: dict, targets_table: bool = True) -> str:
                   "session start excluded; `wall s` includes them"
               + "".join(f", {r['name']} {fmt_int(r['wall_frames_per_s'])} frames/s on wall time"
                         for r in bf["rows"] if r.get("wall_frames_per_s")) + "). "
-              "DuckDB decompresses a `.gz` file on one thread (files in parallel). It has no guard, no quarantine, no stdin and "
+              "DuckDB decompresses a `.gz` file on one thread (files in parallel). It has no guard, no quarantine, "
+              "no stdin and "
               "does not scale out. "
               + ("The input is defect-free, so DuckDB's `count(*)` per minute is comparable with the truth file."
                  if bf.get("defect_free") else
@@ -459,7 +471,8 @@ def main(argv=None) -> int:
         if args.master:
             rows = scaling(frames, WORK_DIR / "runs", args.master, [int(c) for c in args.cores.split(",")])
             if args.out:
-                write_json(Path(args.out), {"frames": frames.count, "machine": machine_info(), "date": time.strftime("%Y-%m-%d"), "rows": rows})
+                write_json(Path(args.out), {"frames": frames.count, "machine": machine_info(),
+                                            "date": time.strftime("%Y-%m-%d"), "rows": rows})
             return 0 if all(r["check"].get("exact") for r in rows) else 1
         bf = measure(frames, WORK_DIR / "runs", max(1, args.repeat), failures=failures)
     except BenchError as e:

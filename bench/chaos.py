@@ -71,8 +71,23 @@ try:
 except ImportError:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import (GEN_PARAMS, REPO_ROOT, RESULTS_DIR, WORK_DIR, BenchError, broker, delete_topics,
-                          fmt_int, machine_info, python, run_process, say, spark_cmd, topic_messages, write_json)
+from bench.common import (
+    GEN_PARAMS,
+    REPO_ROOT,
+    RESULTS_DIR,
+    WORK_DIR,
+    BenchError,
+    broker,
+    delete_topics,
+    fmt_int,
+    machine_info,
+    python,
+    run_process,
+    say,
+    spark_cmd,
+    topic_messages,
+    write_json,
+)
 from bench.latency import ResultReader, stop_job, wait_first_batch
 
 DEFAULT_CONF = REPO_ROOT / "conf" / "doodle.toml"
@@ -758,7 +773,8 @@ def markdown(res: dict) -> str:
         f"{', '.join(map(str, m['load_avg_at_start']))}, during the run (1 min, every 5 s) "
         f"min {la['load1_min']} / mean {la['load1_mean']} / max {la['load1_max']}. {code_line(res.get('code'))}", "",
         f"**{'PASS' if res['ok'] else 'FAIL'}** — {res['frames']:,} frames ({res['input']}) streamed by the "
-        f"loader at {fmt_int(res['rate_achieved'])} frames/s (target {res['rate_target']:g}) for {fmt_int(res['load_s'])} s "
+        f"loader at {fmt_int(res['rate_achieved'])} frames/s (target {res['rate_target']:g}) "
+        f"for {fmt_int(res['load_s'])} s "
         f"into `{res['topic']}`; the live job was SIGKILLed {len(res['kills'])} times (seed {res['seed']}, "
         f"scheduled at {', '.join(f'{t:g}' for t in res['schedule_s'])} s) and restarted from its checkpoint "
         f"each time; {res['job_starts']} job starts in all (incl. the final `--available-now` pass), "

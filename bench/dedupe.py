@@ -188,6 +188,7 @@ class StateStoreRun:
 
     def __init__(self, spark, name: str, work: Path, changelog: bool, write: bool = False):
         from pyspark.sql import functions as F
+
         from doodlestats.staging import write_staged
         from doodlestats.tables import MINUTE_UIDS, Tables
         from doodlestats.window import minute_col
@@ -306,6 +307,7 @@ class AntiJoinRun:
 
     def step(self, f: Path, touched: list[int]) -> dict:
         from pyspark.sql import functions as F
+
         from doodlestats.state import JobState
         from doodlestats.tables import MINUTE_UIDS
         from doodlestats.window import minute_col

@@ -60,8 +60,21 @@ try:
 except ImportError:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import (GEN_PARAMS, REPO_ROOT, RESULTS_DIR, WORK_DIR, BenchError, guarded, machine_info, python,
-                          read_lines, run_process, say, spark_cmd, write_json)
+from bench.common import (
+    GEN_PARAMS,
+    REPO_ROOT,
+    RESULTS_DIR,
+    WORK_DIR,
+    BenchError,
+    guarded,
+    machine_info,
+    python,
+    read_lines,
+    run_process,
+    say,
+    spark_cmd,
+    write_json,
+)
 from bench.latency import _pct, summary
 
 DEFAULT_FRAMES, SMOKE_FRAMES = 20_000, 3_000

@@ -135,9 +135,9 @@ class Heap:
         order = np.argsort(D, kind="stable")
         self.ref_to, first = np.unique(D[order], return_index=True)
         self.ref_from = S[order][first]            # one referrer per referenced object
-        I, C = np.frombuffer(ids, dtype=np.uint64), np.frombuffer(cls, dtype=np.uint64)
-        o = np.argsort(I)
-        self.ids, self.cls = I[o], C[o]
+        ids_, cls_ = np.frombuffer(ids, dtype=np.uint64), np.frombuffer(cls, dtype=np.uint64)
+        o = np.argsort(ids_)
+        self.ids, self.cls = ids_[o], cls_[o]
         self.np = np
 
     def class_of(self, oid: int) -> str:

@@ -53,8 +53,7 @@ try:
 except ImportError:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import (REPO_ROOT, BenchError, RssSampler, delete_topics, kill_group, load_cfg,
-                          say, spark_cmd)
+from bench.common import REPO_ROOT, BenchError, RssSampler, delete_topics, kill_group, load_cfg, say, spark_cmd
 
 FIRST_BATCH_TIMEOUT_S = 300
 STOP_TIMEOUT_S = 60
@@ -259,7 +258,8 @@ def latencies(results: list[tuple[float, dict]], produced: dict[int, list[float]
                 beyond += 1
         elif status == "final":
             final.append(emitted - (m + 60))
-    return {"provisional": summary(prov), "provisional_warm": summary(warm), "final": summary(final), "kafka_delivery": summary(publish),
+    return {"provisional": summary(prov), "provisional_warm": summary(warm), "final": summary(final),
+            "kafka_delivery": summary(publish),
             "provisional_unmatched": beyond,
             "results": {s: sum(1 for _, r in results if r.get("status") == s)
                         for s in ("provisional", "final", "corrected")}}

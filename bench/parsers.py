@@ -224,7 +224,7 @@ def measure(spark, input_path: str, limit: int, partitions: int, repeat: int,
         if only and name not in only:
             continue
         try:
-            best, times, res = timed(lambda: aggregate(fn(df)), repeat)
+            best, times, res = timed(lambda fn=fn: aggregate(fn(df)), repeat)
         except Exception as e:  # noqa: BLE001 - one failing path must not hide the others
             log(f"parsers: {name} failed: {str(e).splitlines()[0][:300]}")
             rows.append({"name": name, "error": str(e).splitlines()[0][:300], "note": NOTES.get(name)})

@@ -37,8 +37,20 @@ import shutil
 from collections import defaultdict
 from pathlib import Path
 
-from bench.common import (BenchError, Frames, ProcResult, delete_topics, event_log_flags, load_cfg, produce,
-                          python, run_process, say, spark_cmd, topic_messages)
+from bench.common import (
+    BenchError,
+    Frames,
+    ProcResult,
+    delete_topics,
+    event_log_flags,
+    load_cfg,
+    produce,
+    python,
+    run_process,
+    say,
+    spark_cmd,
+    topic_messages,
+)
 
 ROWS = ("read_ceiling", "old_consumer", "naive_spark", "job_exact", "job_approx")
 JOB_ROWS = {"naive_spark": ("exact", "spark"), "job_exact": ("exact", None), "job_approx": ("approx", None)}

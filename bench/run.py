@@ -53,8 +53,22 @@ import time
 import traceback
 from pathlib import Path
 
-from bench.common import (REPO_ROOT, RESULTS_DIR, WORK_DIR, BenchError, broker, frames_file, guarded, load_cfg,
-                          machine_info, prepare_topic, read_lines, run_process, say, spark_cmd)
+from bench.common import (
+    REPO_ROOT,
+    RESULTS_DIR,
+    WORK_DIR,
+    BenchError,
+    broker,
+    frames_file,
+    guarded,
+    load_cfg,
+    machine_info,
+    prepare_topic,
+    read_lines,
+    run_process,
+    say,
+    spark_cmd,
+)
 
 QUIET_LOAD = 1.5
 BACKLOG_FRAMES, BACKLOG_SEED = 3_000_000, 3
@@ -233,7 +247,7 @@ def run(args: argparse.Namespace) -> int:
             if rounds > 1:
                 say(f"round {k + 1} of {rounds}")
             for name in rows_wanted:
-                row = _step(name, lambda: run_row(name, topic, work, profile=profile, repeat_ceiling=repeat),
+                row = _step(name, lambda name=name: run_row(name, topic, work, profile=profile, repeat_ceiling=repeat),
                             failures)
                 if row is None:
                     errors[name] = failures[-1]

@@ -69,9 +69,29 @@ try:
 except ImportError:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.chaos import (WORK_DIR, LiveJob, Loader, LoadAverage, Periodic, RunSpace, _check, checks_markdown,
-                         code_during, code_line, code_state, committed_offsets, common_args, conf_for, job_tree,
-                         own_broker, recorded, rel, spark_flags, stop_all, write_report)
+from bench.chaos import (
+    WORK_DIR,
+    LiveJob,
+    LoadAverage,
+    Loader,
+    Periodic,
+    RunSpace,
+    _check,
+    checks_markdown,
+    code_during,
+    code_line,
+    code_state,
+    committed_offsets,
+    common_args,
+    conf_for,
+    job_tree,
+    own_broker,
+    recorded,
+    rel,
+    spark_flags,
+    stop_all,
+    write_report,
+)
 from bench.common import GEN_PARAMS, RESULTS_DIR, BenchError, fmt_int, machine_info, say
 from bench.latency import WARMUP_S, ResultReader, _epoch, _pct, batch_times, latencies, summary
 
@@ -324,7 +344,7 @@ def memory(samples: list[dict], t0: float, t1: float, steady: float | None = Non
     win = [s for s in samples if t0 <= s["t"] <= t1 and s["rss_mb"]]
     late = [s for s in win if s["t"] >= (steady if steady is not None else t0 + (t1 - t0) / 4)]
     for cls in (*CLASSES, "total"):
-        def v(s):
+        def v(s, cls=cls):
             return sum(s["rss_mb"].values()) if cls == "total" else s["rss_mb"].get(cls, 0.0)
         vals = [v(s) for s in win]
         out[cls] = {"start_mb": round(vals[0], 1) if vals else None, "end_mb": round(vals[-1], 1) if vals else None,
@@ -390,7 +410,8 @@ def run(conf: Path, rate: float, duration: float, users: int, seed: int, keep: b
            "duration_target_s": duration, "users": users, "seed": seed, "topic": rs.topic,
            "spark_flags": list(spark_flags or []),
            **{k: None for k in ("job_ready_s", "load_s", "rate_achieved", "drain_s", "job_stop", "final_pass_s")},
-           **facts, "errors": errors, "truth": {"minutes": len(truth["minutes"]), "valid_frames": truth["valid_frames"]},
+           **facts, "errors": errors,
+           "truth": {"minutes": len(truth["minutes"]), "valid_frames": truth["valid_frames"]},
            "load_average": load.summary(), "wall_s": round(time.monotonic() - t_wall0, 1),
            "batch_seconds": batch_times(rs.logs / "job-1.err"), "run_dir": rel(rs.run_dir)}
     if sampler is not None and facts.get("load_end"):
@@ -419,7 +440,8 @@ def measurements(sampler: Sampler, results: list, truth: dict, facts: dict) -> d
     ls = [x["lag_s"] for x in during]
     pos = minute_positions(truth)
     produced = {m: MinuteTimes(sampler.timeline, first, n) for m, (first, n) in pos.items()}
-    live = [(recv, r) for recv, r in results if "emitted_at" in r and _epoch(r["emitted_at"]) <= facts.get("stopped_at", time.time())]
+    stopped = facts.get("stopped_at", time.time())
+    live = [(recv, r) for recv, r in results if "emitted_at" in r and _epoch(r["emitted_at"]) <= stopped]
     lat = latencies(live, produced, t0 + WARMUP_S)
     # the slowest 10 s of the load, from the production timeline
     tl = sampler.timeline
@@ -465,7 +487,8 @@ def soak_checks(res: dict, rate: float, duration: float) -> dict:
             f"<= {LIVE_FLAT_MB_PER_MIN:g} MB/min)": _check(
                 ls["slope_mb_per_min"] <= LIVE_FLAT_MB_PER_MIN,
                 f"{ls['slope_mb_per_min']} MB/min over {ls['samples']} samples "
-                f"({' → '.join(f'{v:,.0f}' for v in ls['mb'])} MB)")} if ls.get("slope_mb_per_min") is not None else {}),
+                f"({' → '.join(f'{v:,.0f}' for v in ls['mb'])} MB)")}
+           if ls.get("slope_mb_per_min") is not None else {}),
     }
 
 
@@ -507,7 +530,8 @@ def markdown(res: dict) -> str:
     lines = [f"# Soak run {res['date']}", "",
              f"{m['cores']} cores ({m['cpu_model']}), {m['memory_gb']} GB; load average at start "
              f"{', '.join(map(str, m['load_avg_at_start']))}, during the run (1 min, every 5 s) "
-             f"min {la['load1_min']} / mean {la['load1_mean']} / max {la['load1_max']}. {code_line(res.get('code'))}", "",
+             f"min {la['load1_min']} / mean {la['load1_mean']} / max {la['load1_max']}. "
+             f"{code_line(res.get('code'))}", "",
              f"**{'PASS' if res['ok'] else 'FAIL'}** — {res['frames']:,} fresh frames (event time from "
              f"{res.get('event_minus_wall_s')} s off the wall clock at the load's start) produced by the loader at "
              f"{fmt_int(res.get('rate_produced'))} frames/s (target {res['rate_target']:,.0f}; slowest 10 s "
@@ -518,7 +542,8 @@ def markdown(res: dict) -> str:
     if res.get("lag"):
         lag, lat, b = res["lag"], res["latency"], res["batch_seconds"]
         lines += ["", "| consumer lag during the load | p50 | p99 | max |", "|---|---:|---:|---:|",
-                  f"| frames | {fmt_int(lag['frames_p50'])} | {fmt_int(lag['frames_p99'])} | {fmt_int(lag['frames_max'])} |",
+                  f"| frames | {fmt_int(lag['frames_p50'])} | {fmt_int(lag['frames_p99'])} "
+                  f"| {fmt_int(lag['frames_max'])} |",
                   f"| seconds | {lag['seconds_p50']} | {lag['seconds_p99']} | {lag['seconds_max']} |", "",
                   "| latency | n | p50 s | p99 s | max s |", "|---|---:|---:|---:|---:|"]
         for name in ("provisional", "provisional_warm", "final"):
@@ -526,7 +551,8 @@ def markdown(res: dict) -> str:
             lines.append(f"| {name} | {x['n']} | {x['p50_s']} | {x['p99_s']} | {x['max_s']} |")
         lines += ["", f"Live batches: n {b['n']}, p50 {b['p50_s']} s, p99 {b['p99_s']} s, max {b['max_s']} s "
                       f"(processing time per batch).", "",
-                  f"| RSS, MB | start | end | max | slope from t = {res['steady_from_s']:.0f} s, MB/min |", "|---|---:|---:|---:|---:|"]
+                  f"| RSS, MB | start | end | max | slope from t = {res['steady_from_s']:.0f} s, MB/min |",
+                  "|---|---:|---:|---:|---:|"]
         for c, x in res["memory"].items():
             lines.append(f"| {c} | {fmt_int(x['start_mb'])} | {fmt_int(x['end_mb'])} | {fmt_int(x['max_mb'])} "
                          f"| {x['slope_steady_mb_per_min']} |")

@@ -236,7 +236,7 @@ def _check(cfg: Config) -> None:
     if k.input_partitions < 1 or k.output_partitions < 1:
         raise ConfigError("kafka.*_partitions must be >= 1")
     try:
-        k.port
+        _ = k.port
     except (IndexError, ValueError):
         raise ConfigError(f"kafka.bootstrap_servers: expected host:port, got {k.bootstrap_servers!r}") from None
     if cfg.spark.shuffle_partitions < 1:

@@ -104,6 +104,7 @@ class ExactCounter(Counter):
 
     def partials(self, counted, batch_id, known_files, replay):
         from pyspark.sql import functions as F
+
         from doodlestats.staging import count_by_minute, write_staged
         pairs = counted.select("minute", "uid").distinct()
         if known_files:

@@ -35,6 +35,7 @@ def kafka_earliest(cfg: Config, topic: str):
     watermark) of each partition of ``topic`` (other topics' keys are left out)."""
     def earliest(keys: list[str]) -> dict[str, int]:
         from confluent_kafka import Consumer, TopicPartition
+
         from doodlestats.kafka import client_settings
         wanted = [k for k in keys if k.rpartition("#")[0] == topic]
         if not wanted:

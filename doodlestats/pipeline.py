@@ -221,7 +221,8 @@ class MinuteStatsPipeline:
         if not summary.quarantined or few is not None or self.tables.committed(QUARANTINE, rep.batch_id):
             return {}
         if summary.unkept:
-            log(f"guard: {summary.unkept} outlier(s) were not suspects in the first pass; reading their raw bytes again")
+            log(f"guard: {summary.unkept} outlier(s) were not suspects in the first pass; "
+                "reading their raw bytes again")
         rows = stages.quarantine_rows(src, classified, summary.unkept, rep.batch_id, stages.now_us())
         metas, _ = write_staged(rows, self.tables.stage_uri(QUARANTINE, rep.batch_id), minute_stats=False)
         return {QUARANTINE: metas}
@@ -242,8 +243,9 @@ class MinuteStatsPipeline:
     def _save(self, st: JobState, driver: DriverState, gp, last: dict, rep: BatchReport) -> None:
         more = self.offset_check.state(st, last, rep.batch_id) if self.offset_check else {}
         ref = gp.next_ref if gp is not None else st.ref_ts
-        self.store.save(JobState(rep.batch_id, driver.max_ts if gp is not None else st.max_ts, driver.watermark, ref,
-                                 driver.partitions if gp is not None else st.partitions, self.tables.versions(), **more))
+        max_ts, partitions = (driver.max_ts, driver.partitions) if gp is not None else (st.max_ts, st.partitions)
+        self.store.save(JobState(rep.batch_id, max_ts, driver.watermark, ref, partitions, self.tables.versions(),
+                                 **more))
         if self.offset_check:
             self.offset_check.saved()
         self.driver, self.loaded_for = driver, rep.batch_id

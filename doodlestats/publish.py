@@ -40,7 +40,7 @@ class KafkaPublisher:
             while True:
                 try:
                     self.producer.produce(self.topic, value, key,
-                                          on_delivery=lambda err, _m: err and errors.append(str(err)))
+                                          on_delivery=lambda err, _m: errors.append(str(err)) if err else None)
                     break
                 except BufferError:  # local queue full: let deliveries drain, then retry
                     self.producer.poll(0.5)

@@ -10,8 +10,8 @@ case and handing every doubtful case to the reference:
   (which is also what classifies real garbage as ``malformed_json``), so the fast path only needs
   orjson's *accepted* documents to be a subset of the reference's, with the same values.
 * orjson turns integers beyond 64 bits into floats, and its float parsing is not guaranteed to
-  round like the reference's ``float()``; a root ``ts`` that is a float is therefore also decided by the reference (rare: ts
-  is normally an int or a digit string).
+  round like the reference's ``float()``; a root ``ts`` that is a float is therefore also
+  decided by the reference (rare: ts is normally an int or a digit string).
 * nesting deeper than :data:`~doodlestats.reference.MAX_DEPTH` (512) is malformed in the contract
   but fine for orjson: a frame with more than MAX_DEPTH opening brackets in total goes to the
   reference (a cheap ``bytes.count`` bound; real frames never get near it).

@@ -101,7 +101,9 @@ def json_schema() -> dict:
         "value per key. Generated from doodlestats/results.py (FIELDS).", FIELDS)
 
 
-def iso(epoch_s: int) -> str:
+def iso(epoch_s: int | None) -> str:
+    if epoch_s is None:
+        return "-"
     return dt.datetime.fromtimestamp(epoch_s, dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 

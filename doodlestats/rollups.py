@@ -310,7 +310,7 @@ def _where(col: str, grain: str, spans: list[tuple[int | None, int | None]] | No
     if spans is None:
         return F.lit(True)
     if len(spans) > _MAX_RANGES and starts is not None:  # one range, then keep the periods wanted
-        lo, hi = min(a for a, _ in spans), max(b for _, b in spans)
+        lo, hi = min(a for a, _ in spans if a is not None), max(b for _, b in spans if b is not None)
         return _where(col, grain, [(lo, hi)]) & period_col(F.col(col), grain).isin(starts)
     minute_terms, date_terms = [], []
     for a, b in spans:

@@ -71,7 +71,7 @@ def parse_time(text: str) -> int:
     try:
         t = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError:
-        raise ValueError(f"not a time: {text!r} (use epoch seconds or ISO-8601, e.g. 2016-07-11T13:40:00Z)")
+        raise ValueError(f"not a time: {text!r} (use epoch seconds or ISO-8601, e.g. 2016-07-11T13:40:00Z)") from None
     if t.tzinfo is None:
         t = t.replace(tzinfo=dt.timezone.utc)
     return int(t.timestamp())
@@ -157,6 +157,7 @@ def read_ranges(spark, ranges: list[tuple[str, int, int]]):
     (one task a file) and numbered by line (:func:`doodlestats.stages.with_file_positions`)."""
     from pyspark.sql import DataFrame
     from pyspark.sql import functions as F
+
     from doodlestats.session import has_fast_parser
     from doodlestats.stages import source_columns
     if not has_fast_parser(spark):
@@ -180,7 +181,8 @@ def spool_stdin(folder: str, lines_per_file: int = 1_000_000, stream=None) -> li
     if stream is None and os.environ.get("DOODLE_STDIN"):  # under ./spark-submit.sh: its stdin
         stream = open(os.environ["DOODLE_STDIN"], "rb")
     src = stream or sys.stdin.buffer
-    paths, n, out, total = [], 0, None, 0
+    paths: list[str] = []
+    n, out, total = 0, None, 0
     for line in src:
         if out is None:
             paths.append(os.path.join(folder, f"stdin-{len(paths):05d}.jsonl.gz"))
@@ -217,8 +219,9 @@ def kafka_chunks(cfg, topic: str, start: str | int | None, end: str | int | None
             got = c.offsets_for_times([TopicPartition(topic, p, t_s * 1000) for p in parts], timeout=15)
             return {tp.partition: (tp.offset if tp.offset >= 0 else lo_hi[tp.partition][1]) for tp in got}
 
-        first = {p: lo for p, (lo, _) in lo_hi.items()} if start in (None, "earliest") else offsets_at(parse_time(start))
-        last = {p: hi for p, (_, hi) in lo_hi.items()} if end in (None, "latest") else offsets_at(parse_time(end))
+        first = ({p: lo for p, (lo, _) in lo_hi.items()} if start in (None, "earliest")
+                 else offsets_at(parse_time(str(start))))
+        last = {p: hi for p, (_, hi) in lo_hi.items()} if end in (None, "latest") else offsets_at(parse_time(str(end)))
         # boundaries: the first record time of each partition .. its last, every day/hour
         step = 86400 if grain == "day" else 3600
         t0 = _record_time(c, topic, first, lo_hi)
@@ -233,16 +236,16 @@ def kafka_chunks(cfg, topic: str, start: str | int | None, end: str | int | None
         cuts.append(last)
     finally:
         c.close()
-    chunks = []
-    for a, b in zip(cuts, cuts[1:]):
+    chunks: list[Chunk] = []
+    for a, z in zip(cuts, cuts[1:]):
         # split a day that holds more than chunk_frames frames into equal offset slices
-        n = sum(b[p] - a[p] for p in parts)
+        n = sum(z[p] - a[p] for p in parts)
         if n <= 0:
             continue
         k = max(1, -(-n // chunk_frames))
         for i in range(k):
-            s = {p: a[p] + (b[p] - a[p]) * i // k for p in parts}
-            e = {p: a[p] + (b[p] - a[p]) * (i + 1) // k for p in parts}
+            s = {p: a[p] + (z[p] - a[p]) * i // k for p in parts}
+            e = {p: a[p] + (z[p] - a[p]) * (i + 1) // k for p in parts}
             size = sum(e[p] - s[p] for p in parts)
             if size:
                 chunks.append(Chunk(label=f"{topic} offsets {sum(s.values()):,}…", topic=topic, start=s, end=e,

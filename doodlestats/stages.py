@@ -24,7 +24,8 @@ from doodlestats.parse import parse_frames
 from doodlestats.staging import tally_col
 from doodlestats.window import final_sql, minute_sql
 
-__all__ = ["SOURCE_COLUMNS", "source_columns", "read", "classify", "counted", "summary_metrics", "summary_job", "few_quarantine_rows",
+__all__ = ["SOURCE_COLUMNS", "source_columns", "read", "classify", "counted", "summary_metrics", "summary_job",
+           "few_quarantine_rows",
            "quarantine_rows", "with_file_positions"]
 
 
@@ -109,7 +110,9 @@ def few_quarantine_rows(text: str | None, batch_id: int, now_us: int):
     import base64
     import datetime as dt
     import json
+
     import pyarrow as pa
+
     from doodlestats.tables import QUARANTINE, SCHEMAS
     at = dt.datetime.fromtimestamp(now_us / 1e6, dt.timezone.utc)
     rows = [{**r, "raw": base64.b64decode(r["raw"]) if r.get("raw") is not None else None, "batch_id": batch_id,

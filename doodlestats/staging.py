@@ -77,6 +77,7 @@ def write_staged(df, stage_uri: str, minute_stats: bool = True) -> tuple[list[Fi
     Spark job; return (one :class:`FileMeta` per file, rows per minute). ``minute_stats``:
     record each file's minute range (False where ``minute`` may be null)."""
     from pyspark.sql import functions as F
+
     from doodlestats.storage import HadoopFS
     spark = df.sparkSession
     tasked = df.withColumn("_task", F.spark_partition_id())
@@ -110,7 +111,10 @@ def _metas(files, per_task: list[dict]) -> list[FileMeta]:
     seen: dict[tuple[str, int], int] = {}
     keyed = []
     for date, f in files:
-        task = int(_PART.search(f.name).group(1))
+        m = _PART.search(f.name)
+        if m is None:
+            raise ValueError(f"not a Spark task's file: {f.name}")
+        task = int(m.group(1))
         seen[(date, task)] = seen.get((date, task), 0) + 1
         keyed.append((date, task, f))
     marker = "/" + STAGE_DIR + "/"

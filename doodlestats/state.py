@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, replace
 
 from doodlestats.window import is_final
@@ -44,7 +45,7 @@ class JobState:
     watermark: int | None = None  # a minute [m, m+60) is final once m + 60 <= watermark
     ref_ts: int | None = None     # timestamp guard reference (median of the newest neighbourhoods)
     # per source partition ("topic#partition" or "file#id"): [largest accepted ts, unix time last seen]
-    partitions: dict | None = None
+    partitions: Mapping | None = None
     # Delta table versions right after this batch's commits: a restart reads the tables
     # AS OF these versions, so a batch whose commits were cut short is replayed exactly
     versions: dict | None = None

@@ -251,7 +251,7 @@ class StreamRunner:
     def start(self, one_task_per_partition: bool = False):
         from doodlestats.storage import join
         stream = kafka_source(self.spark, self.cfg, one_task_per_partition) if self.source == "kafka" else \
-            files_source(self.spark, self.input_path)
+            files_source(self.spark, str(self.input_path))
         writer = (stream.writeStream.foreachBatch(lambda df, i: self.pipeline.process_batch(df, i))
                   .option("checkpointLocation", join(self.checkpoint, "spark"))
                   .queryName("minute_stats"))

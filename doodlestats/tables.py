@@ -44,6 +44,7 @@ import hashlib
 import json
 import os
 import uuid
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -97,7 +98,7 @@ class Tables:
         self.storage_options = dict(storage_options or {}) or None
         # one application id per output location: replays of the same job are recognised
         self.app_id = hashlib.sha1(f"{app_id}:{self.root}".encode()).hexdigest()[:16]
-        self._dt: dict[str, object] = {}
+        self._dt: dict[str, Any] = {}
 
     # ------------------------------------------------------------------ locations
     def path(self, name: str) -> str:
@@ -160,7 +161,7 @@ class Tables:
             return False
         actions = []
         for f in files:
-            stats = {"numRecords": int(f["rows"])} if f.get("rows") is not None else {}
+            stats: dict[str, Any] = {"numRecords": int(f["rows"])} if f.get("rows") is not None else {}
             if f.get("min") is not None:
                 stats["minValues"] = {"minute": int(f["min"])}
                 stats["maxValues"] = {"minute": int(f["max"])}

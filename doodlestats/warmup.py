@@ -23,7 +23,8 @@ __all__ = ["warm_up"]
 FRAMES = [
     b'{"ts": 1451606400, "uid": "a1b2c3", "meta": {"uid": "decoy", "ts": 1}, "text": "caf\\u00e9 \\"q\\"",'
     b' "list": [{"ts": 2, "uid": "x"}], "n": 1.5e3, "ok": true}',
-    '{"ts": "1451606401", "uid": "\u0436\u4e2d\U0001f600", "note": "\u043f\u0440\u0438\u0432\u0435\u0442 \u65e5\u672c", "x": null}'.encode(),
+    ('{"ts": "1451606401", "uid": "\u0436\u4e2d\U0001f600", '
+     '"note": "\u043f\u0440\u0438\u0432\u0435\u0442 \u65e5\u672c", "x": null}').encode(),
     b'{"uid": "z", "nested": {"ts": 5}}', b'not json',
 ]
 

@@ -12,6 +12,7 @@ the tests. Pure: no Spark session, no I/O::
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 __all__ = ["MINUTE_S", "minute_of", "is_final", "minute_col", "final_col", "minute_sql", "final_sql", "Watermark"]
@@ -63,7 +64,7 @@ class Watermark:
     delay_s: int
     idle_s: float
 
-    def advance(self, watermark: int | None, partitions: dict, batch_max: dict[str, int],
+    def advance(self, watermark: int | None, partitions: Mapping, batch_max: Mapping[str, int],
                 now: float) -> tuple[int | None, dict]:
         """(new watermark, new partitions) after a batch whose accepted, not late frames
         had the largest event time ``batch_max[partition]``. ``partitions`` maps a partition

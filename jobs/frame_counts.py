@@ -45,6 +45,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     from pyspark.sql import functions as F
+
     from doodlestats.kafka import KafkaUnavailable, check_kafka, spark_kafka_options
     from doodlestats.parse import minute_of, parse_frames
     from doodlestats.session import get_spark, require_connectors

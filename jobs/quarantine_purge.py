@@ -114,6 +114,7 @@ def _first_line(e: Exception) -> str:
 def open_quarantine(args):
     """(the quarantine's delta-rs handle, its URI, retention days); raises PurgeError."""
     from deltalake import DeltaTable
+
     from doodlestats.config import ConfigError, load_config
     from doodlestats.storage import StorageError, delta_storage_options, to_delta_uri
     from doodlestats.tables import QUARANTINE, Tables
@@ -122,7 +123,7 @@ def open_quarantine(args):
         delta = str(cfg.path("delta"))
         opts = delta_storage_options(delta, cfg)
     except (ConfigError, StorageError) as e:
-        raise PurgeError(str(e))
+        raise PurgeError(str(e)) from None
     days = cfg.quarantine.retention_days if args.days is None else args.days
     uri = to_delta_uri(Tables(delta, PROG).path(QUARANTINE))
     if days == 0:
@@ -134,7 +135,7 @@ def open_quarantine(args):
     except PurgeError:
         raise
     except Exception as e:  # noqa: BLE001 - unreachable store, bad URI: one line
-        raise PurgeError(f"cannot read {uri}: {_first_line(e)}")
+        raise PurgeError(f"cannot read {uri}: {_first_line(e)}") from None
 
 
 def purge(table, uri: str, days: int, cutoff, old: dict) -> tuple[list[str], list[str]]:
@@ -164,7 +165,7 @@ def purge(table, uri: str, days: int, cutoff, old: dict) -> tuple[list[str], lis
     except PurgeError:
         raise
     except Exception as e:  # noqa: BLE001 - one line, not a stack trace
-        raise PurgeError(f"purging {uri} failed: {_first_line(e)}", 1)
+        raise PurgeError(f"purging {uri} failed: {_first_line(e)}", 1) from None
     return removed, orphans
 
 

@@ -13,7 +13,6 @@ import time
 
 import orjson
 import pytest
-
 from conftest import ROOT, new_topic, run_job
 from test_minute_stats import delta_rows, job_args, quarantine_counts, recount, stored_minutes, truth_by_minute
 
@@ -77,7 +76,8 @@ def test_files_glob_is_exact_resumable_and_idempotent(spark, test_conf, history,
     assert printed(res.stdout).items() <= want.items() and printed(res.stdout)
     # the same backfill again changes nothing
     from deltalake import DeltaTable
-    before = {t: DeltaTable(str(tmp_path / "delta" / t)).version() for t in ("minute_stats", "minute_uids", "quarantine")}
+    tables = ("minute_stats", "minute_uids", "quarantine")
+    before = {t: DeltaTable(str(tmp_path / "delta" / t)).version() for t in tables}
     again = backfill(args, test_conf)
     assert again.stdout == "" and again.stderr.count("skipped (done before)") == 3
     assert {t: DeltaTable(str(tmp_path / "delta" / t)).version() for t in before} == before

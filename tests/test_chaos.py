@@ -10,7 +10,6 @@ generator's truth only (``bench.chaos.check_exact``).
 from __future__ import annotations
 
 import pytest
-
 from conftest import write_conf
 
 pytestmark = pytest.mark.integration

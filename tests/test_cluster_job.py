@@ -8,7 +8,6 @@ import os
 import subprocess
 
 import pytest
-
 from conftest import ROOT, consume_all, new_topic, produce
 from test_minute_stats import job_args, last_per_key, quarantine_counts, stored_minutes, truth_by_minute
 
@@ -22,8 +21,9 @@ def test_minute_stats_on_a_standalone_cluster_is_exact(kafka, spark, test_conf, 
                                       string_ts_frac=0.1, malformed_frac=0.01, bitflip_frac=0.002))
     topic, out_topic = new_topic(kafka, "cluster", 6), new_topic(kafka, "cluster-out", 1)
     produce(kafka, topic, lines)
-    with cluster_local.running(workers=2, port=int(os.environ.get("DOODLE_TEST_SPARK_PORT", "17077")) + 10,
-                               webui_port=int(os.environ.get("DOODLE_TEST_SPARK_UI_PORT", "18080")) + 10, dir=tmp_path / "cluster") as c:
+    port = int(os.environ.get("DOODLE_TEST_SPARK_PORT", "17077")) + 10
+    ui_port = int(os.environ.get("DOODLE_TEST_SPARK_UI_PORT", "18080")) + 10
+    with cluster_local.running(workers=2, port=port, webui_port=ui_port, dir=tmp_path / "cluster") as c:
         assert len(c.alive_workers()) == 2
         cmd = [str(ROOT / "spark-submit.sh"), "--master", c.master_url, "--driver-memory", "1g",
                "--executor-memory", "768m", str(ROOT / "jobs" / "minute_stats.py"), "--conf-file", str(test_conf),

@@ -15,7 +15,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import ROOT
 
 PORT = int(os.environ.get("DOODLE_TEST_SPARK_PORT", "17077"))

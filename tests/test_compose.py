@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import yaml
-
 from conftest import ROOT
+
 from doodlestats.config import load_config
 
 

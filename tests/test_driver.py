@@ -31,7 +31,7 @@ def run(batch_list, late_corrections=True):
     state, known, stored, emitted = DriverState(), set(), {}, []
     for i, frames in enumerate(batch_list):
         rows = {}
-        for p, dt, uid in frames:
+        for p, dt, _uid in frames:
             ts = T0 + dt
             m = minute_of(ts)
             late = is_final(m, state.watermark)

@@ -192,7 +192,7 @@ def test_valid_frames_shape(clean):
         assert b"\n" not in line and b"\r" not in line
         text = line.decode("utf-8")
         assert all(ord(c) >= 0x20 for c in text)  # no raw control characters
-    for _, ts, uid, obj in a.ok:
+    for _, _ts, uid, obj in a.ok:
         assert UID_RE.fullmatch(uid)
         assert type(root(obj, "ts")) is int
         keys = [k for k, _ in obj]

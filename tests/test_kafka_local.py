@@ -8,7 +8,6 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import ROOT, TEST_PORT, consume_all, new_topic, produce, write_conf
 
 pytestmark = pytest.mark.integration
@@ -63,8 +62,8 @@ def test_second_broker_up_twice_then_down_leaves_nothing(tmp_path):
 
 
 def test_port_in_use_is_one_clear_line(tmp_path, monkeypatch):
-    from tools import kafka_local
     from doodlestats.config import load_config
+    from tools import kafka_local
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         s.listen(1)
@@ -123,6 +122,7 @@ def test_server_properties_with_a_sasl_ssl_listener(tmp_path, cfg):
     """The PLAINTEXT listener stays (broker, controller, `up`); SASL_SSL is added with PLAIN
     and SCRAM, a PEM keystore, and the password escaped for .properties and JAAS."""
     import re
+
     from tools import kafka_local
     kafka_local.make_certs(tmp_path)
     password = 'p"w\\x Ж\t'
@@ -144,6 +144,7 @@ def test_server_properties_with_a_sasl_ssl_listener(tmp_path, cfg):
 
 def test_sasl_ssl_needs_certificates_users_and_a_plaintext_config(tmp_path, cfg, monkeypatch):
     import dataclasses
+
     from tools import kafka_local
     with pytest.raises(kafka_local.BrokerError, match="make-certs"):
         kafka_local.server_properties(cfg, kafka_local.SaslSsl(19999, tmp_path / "none", {"a": "b"}))

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import gzip
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -16,7 +15,6 @@ import uuid
 from collections import Counter
 
 import pytest
-
 from conftest import ROOT, write_conf
 
 pytestmark = pytest.mark.integration

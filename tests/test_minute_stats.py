@@ -16,7 +16,6 @@ from pathlib import Path
 import jsonschema
 import orjson
 import pytest
-
 from conftest import ROOT, consume_all, new_topic, produce, run_job
 
 pytestmark = pytest.mark.integration
@@ -138,7 +137,8 @@ def test_a_reader_of_the_replaced_consumer_keeps_working(kafka, exact_run):
     for _k, v in consume_all(kafka, out_topic):
         d = orjson.loads(v)
         legacy = {"ts": d["ts"], "ts_str": d["ts_str"], "count": d["count"]}  # the old reader's fields
-        assert legacy["ts_str"] == dt.datetime.fromtimestamp(legacy["ts"], dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+        at = dt.datetime.fromtimestamp(legacy["ts"], dt.timezone.utc)
+        assert legacy["ts_str"] == at.strftime("%Y-%m-%d %H:%M:%S")
         seen[legacy["ts"]] = legacy["count"]
     assert seen == {m: u for m, (u, _) in truth_by_minute(truth).items()}
 
@@ -170,11 +170,11 @@ def test_provisional_results_come_before_final(kafka, exact_run):
 
 def test_progress_line_per_batch(exact_run):
     _, _, res, _ = exact_run
-    lines = [l for l in res.stderr.splitlines() if l.startswith("batch ")]
+    lines = [ln for ln in res.stderr.splitlines() if ln.startswith("batch ")]
     assert len(lines) >= 4  # 40k frames at 9k per trigger
-    for l in lines:
+    for ln in lines:
         for part in ("frames", "input", "processed", "watermark", "open minutes", "driver rows", "quarantined"):
-            assert part in l
+            assert part in ln
 
 
 def test_approx_within_stated_bound(kafka, spark, stream, test_conf, tmp_path):
@@ -206,8 +206,10 @@ def test_one_bit_flip_in_a_stream_does_not_stop_later_minutes(kafka, spark, test
     from tools.generator import GenConfig, generate
     start_ts = 1468244384 if start == "history" else int(time.time()) - 300
     lines, truth = generate(GenConfig(count=12_000, rate=50, users=800, seed=5, start_ts=start_ts))
-    future = orjson.loads(lines[6000]); future["ts"] = int(future["ts"]) ^ (1 << 30)
-    past = orjson.loads(lines[8999]); past["ts"] = int(past["ts"]) ^ (1 << 21)
+    future = orjson.loads(lines[6000])
+    future["ts"] = int(future["ts"]) ^ (1 << 30)
+    past = orjson.loads(lines[8999])
+    past["ts"] = int(past["ts"]) ^ (1 << 21)
     stream = lines[:6000] + [orjson.dumps(future)] + lines[6000:9000] + [orjson.dumps(past)] + lines[9000:]
     topic = new_topic(kafka, "guard", 1)
     produce(kafka, topic, stream)
@@ -227,7 +229,7 @@ def test_lagging_partition_is_late_and_corrected(kafka, spark, test_conf, tmp_pa
     late and counted into corrected results, so the stored counts end exact."""
     from tools.generator import GenConfig, generate
     lines, truth = generate(GenConfig(count=9000, rate=40, users=600, seed=9))
-    parts = {p: [l for i, l in enumerate(lines) if i % 3 == p] for p in range(3)}
+    parts = {p: [ln for i, ln in enumerate(lines) if i % 3 == p] for p in range(3)}
     topic = new_topic(kafka, "skew", 3)
     out_topic = new_topic(kafka, "outs", 1)
     produce(kafka, topic, parts[0], partition=0)
@@ -322,6 +324,7 @@ def test_bad_values_rejected_before_spark_starts(args, message):
 # ---------------------------------------------------------------- files source
 def test_files_source_counts_and_quarantines_with_file_and_line(kafka, spark, test_conf, tmp_path):
     import gzip
+
     from tools.generator import GenConfig, generate
     lines, truth = generate(GenConfig(count=8000, rate=40, users=700, seed=17, malformed_frac=0.02))
     inp = tmp_path / "in"

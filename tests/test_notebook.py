@@ -20,7 +20,6 @@ import zlib
 from pathlib import Path
 
 import pytest
-
 from conftest import ROOT, write_conf
 
 pytestmark = pytest.mark.integration

@@ -28,7 +28,6 @@ from pathlib import Path
 
 import orjson
 import pytest
-
 from conftest import ROOT, TEST_PORT, consume_all, write_conf
 
 pytestmark = pytest.mark.integration
@@ -234,11 +233,14 @@ def test_frames_deleted_unread_stop_the_job_with_one_line_or_are_skipped_and_rec
     one line and exit 2 before anything is written; ``skip`` goes on from the earliest
     offsets, records each gap, and counts exactly the frames that were still there."""
     import json
+
     from confluent_kafka import TopicPartition
     from confluent_kafka.admin import AdminClient
-    from conftest import new_topic, produce as produce_to, run_job
-    from doodlestats.state import StateStore
+    from conftest import new_topic, run_job
+    from conftest import produce as produce_to
     from test_minute_stats import job_args, recount
+
+    from doodlestats.state import StateStore
     from tools.generator import GenConfig, generate
 
     lines, _ = generate(GenConfig(count=9000, rate=60, users=900, seed=53))
@@ -260,7 +262,7 @@ def test_frames_deleted_unread_stop_the_job_with_one_line_or_are_skipped_and_rec
 
     res = run_job(args, test_conf, check=False)
     assert res.returncode == 2, res.stderr[-3000:]
-    errors = [l for l in res.stderr.splitlines() if l.startswith("minute_stats: error:")]
+    errors = [ln for ln in res.stderr.splitlines() if ln.startswith("minute_stats: error:")]
     assert len(errors) == 1 and "data loss" in errors[0], res.stderr[-3000:]
     for p in cut:
         assert f"{topic} partition {p}: expected offset {n_old[p]:,}, earliest available {cut[p]:,}" in errors[0]
@@ -270,7 +272,7 @@ def test_frames_deleted_unread_stop_the_job_with_one_line_or_are_skipped_and_rec
 
     metrics = tmp_path / "metrics.json"
     res = run_job(args + ["--on-data-loss", "skip", "--metrics-file", str(metrics)], test_conf)
-    skipped = [l for l in res.stderr.splitlines() if l.startswith("data loss skipped:")]
+    skipped = [ln for ln in res.stderr.splitlines() if ln.startswith("data loss skipped:")]
     assert len(skipped) == 2, res.stderr[-3000:]
     want = [{"topic": topic, "partition": p, "from": n_old[p], "to": cut[p], "count": cut[p] - n_old[p]}
             for p in sorted(cut)]
@@ -296,10 +298,11 @@ def test_a_gap_inside_a_batch_fails_before_anything_is_written_or_is_skipped(spa
     says why. ``fail``: DataLoss, no commit, no state; ``skip``: the gap is in the state. A
     jump the broker does not confirm (transaction markers) is no gap."""
     from conftest import write_conf
+    from test_minute_stats import recount
+
     from doodlestats.config import load_config
     from doodlestats.offsets import DataLoss, OffsetCheck
     from doodlestats.pipeline import MinuteStatsPipeline
-    from test_minute_stats import recount
     from tools.generator import GenConfig, generate
 
     lines, _ = generate(GenConfig(count=3000, rate=40, users=300, seed=57))
@@ -345,9 +348,11 @@ def test_frames_deleted_while_the_live_job_is_behind(kafka, tmp_path, mode):
     exactly the frames that were still there."""
     from confluent_kafka import TopicPartition
     from confluent_kafka.admin import AdminClient
-    from conftest import new_topic, produce as produce_to
-    from doodlestats.state import StateStore
+    from conftest import new_topic
+    from conftest import produce as produce_to
     from test_minute_stats import job_args, recount
+
+    from doodlestats.state import StateStore
     from tools.generator import GenConfig, generate
 
     lines, _ = generate(GenConfig(count=6000, rate=60, users=600, seed=59))
@@ -363,11 +368,11 @@ def test_frames_deleted_while_the_live_job_is_behind(kafka, tmp_path, mode):
         if mode == "fail":
             assert job.proc.wait(timeout=240) == 2, job.text()[-4000:]
             job.reader.join(10)
-            errors = [l for _, l in job.lines if l.startswith("minute_stats: error:")]
+            errors = [ln for _, ln in job.lines if ln.startswith("minute_stats: error:")]
             assert len(errors) == 1 and f"{topic} partition 0: expected offset" in errors[0] and \
                 "earliest available 3,000" in errors[0], job.text()[-4000:]
             return
-        job.wait_for(lambda: sum(1 for _, l in job.lines if l.startswith("data loss skipped:")) and
+        job.wait_for(lambda: sum(1 for _, ln in job.lines if ln.startswith("data loss skipped:")) and
                      (StateStore(str(tmp_path / "ckpt")).latest().offsets or {}).get(f"{topic}#0") == 6000,
                      240, "reading past the deleted frames")
         assert job.stop() == 0, job.text()[-4000:]
@@ -392,9 +397,10 @@ def test_a_broker_away_longer_than_the_job_waits_is_one_line_and_status_75(capsy
     watch.down_since = time.monotonic() - mod.BROKER_PATIENCE_S - 5
     spark_gave_up = RuntimeError("[STREAM_FAILED] ... org.apache.kafka.common.errors.TimeoutException: ...")
     assert mod.failed(spark_gave_up, None, watch, Spark()) == mod.EXIT_BROKER_GONE == 75
-    publisher_gave_up = RuntimeError("... doodlestats.sinks.PublishTimeout: results of batch 7 not delivered to minuteStats ...")
+    publisher_gave_up = RuntimeError("... doodlestats.sinks.PublishTimeout: results of batch 7 not delivered "
+                                     "to minuteStats ...")
     assert mod.failed(publisher_gave_up, None, mod.BrokerWatch("127.0.0.1:1"), Spark()) == 75
     lines = capsys.readouterr().err.strip().splitlines()
-    assert len(lines) == 2 and all(l.startswith("minute_stats: error: Kafka at 127.0.0.1:1 has not answered for ")
-                                   and "resumes from its checkpoint" in l for l in lines)
+    assert len(lines) == 2 and all(ln.startswith("minute_stats: error: Kafka at 127.0.0.1:1 has not answered for ")
+                                   and "resumes from its checkpoint" in ln for ln in lines)
     assert mod.failed(RuntimeError("something else"), None, mod.BrokerWatch("x:1"), Spark()) == 1

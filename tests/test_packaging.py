@@ -18,10 +18,9 @@ import zipfile
 from pathlib import Path
 
 import pytest
+from conftest import ROOT, new_topic, produce
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
-
-from conftest import ROOT, new_topic, produce
 
 VENV_BIN = ROOT / ".venv" / "bin"
 INVALID_TS = b'{"ts":"not a number","uid":"u-1"}'

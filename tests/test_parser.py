@@ -481,7 +481,8 @@ def dump(value, rnd: random.Random, ensure_ascii: bool, escape_p: float, ws_p: f
         if isinstance(v, list):
             return "[" + ws() + ",".join(ws() + go(x) + ws() for x in v) + ws() + "]"
         if isinstance(v, dict):
-            return "{" + ws() + ",".join(ws() + go(k) + ws() + ":" + ws() + go(x) + ws() for k, x in v.items()) + ws() + "}"
+            items = ",".join(ws() + go(k) + ws() + ":" + ws() + go(x) + ws() for k, x in v.items())
+            return "{" + ws() + items + ws() + "}"
         return json.dumps(v)
 
     return (ws() + go(value, items_is_root=True) + ws()).encode("utf-8", "surrogatepass")
@@ -496,7 +497,8 @@ def mutate(raw: bytes, rnd: random.Random) -> bytes:
     if kind == 1 and b:
         b[min(pos, len(b) - 1)] ^= 1 << rnd.randrange(8)  # flip a bit
     elif kind == 2:
-        b[pos:pos] = rnd.choice([b",", b"}", b"]", b'"', b"\\", b":", b"{", b"[", b"\x00", b"\xff", b"\xc3", b"\xed\xa0\x80", b" ", b"0", b"-", b"e", b"\xef\xbb\xbf"])
+        b[pos:pos] = rnd.choice([b",", b"}", b"]", b'"', b"\\", b":", b"{", b"[", b"\x00", b"\xff", b"\xc3",
+                                 b"\xed\xa0\x80", b" ", b"0", b"-", b"e", b"\xef\xbb\xbf"])
     elif kind == 3 and b:
         del b[min(pos, len(b) - 1)]
     elif kind == 4 and b:
@@ -578,7 +580,8 @@ def test_property_random_documents_all_parsers():
 
 def test_property_arbitrary_bytes_all_parsers():
     """Short arbitrary byte strings and mutations of tiny valid frames (mostly malformed)."""
-    tiny = st.sampled_from([b'{"ts":1,"uid":"u"}', b'{"uid":"\\u00e9","ts":"12"}', b'{"ts":1.0e0,"uid":"\xc3\xa9"}', b'{"a":[{}],"ts":2,"uid":"x"}'])
+    tiny = st.sampled_from([b'{"ts":1,"uid":"u"}', b'{"uid":"\\u00e9","ts":"12"}', b'{"ts":1.0e0,"uid":"\xc3\xa9"}',
+                            b'{"a":[{}],"ts":2,"uid":"x"}'])
     strategy = st.one_of(
         st.binary(max_size=24),
         st.builds(lambda t, seed: mutate(mutate(t, random.Random(seed)), random.Random(~seed)), tiny, st.integers()),

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-
 from conftest import write_conf
 
 pytestmark = pytest.mark.integration
@@ -22,8 +21,8 @@ def test_replay_after_a_crash_between_commits_counts_every_frame_once(spark, tmp
     """Batch 1 commits all its Delta writes, then dies before its state file: the
     restarted pipeline replays batch 1 and must not count its frames twice."""
     from doodlestats.config import load_config
-    from tools.generator import GenConfig, generate
     from doodlestats.pipeline import MinuteStatsPipeline
+    from tools.generator import GenConfig, generate
     lines, truth = generate(GenConfig(count=6000, rate=40, users=400, seed=31))
     df = spark.createDataFrame([(v, "t", 0, i, None, None) for i, v in enumerate(lines)], SOURCE)
     b0, b1 = df.where("offset < 3000"), df.where("offset >= 3000")
@@ -53,8 +52,8 @@ def test_replay_after_a_crash_between_commits_counts_every_frame_once(spark, tmp
 
 def test_a_replayed_batch_that_completed_is_skipped(spark, tmp_path):
     from doodlestats.config import load_config
-    from tools.generator import GenConfig, generate
     from doodlestats.pipeline import MinuteStatsPipeline
+    from tools.generator import GenConfig, generate
     lines, truth = generate(GenConfig(count=2000, rate=40, users=300, seed=32))
     df = spark.createDataFrame([(v, "t", 0, i, None, None) for i, v in enumerate(lines)], SOURCE)
     cfg = load_config(write_conf(tmp_path / "c.toml"))
@@ -71,8 +70,8 @@ def test_a_quarantine_is_written_once_when_a_batch_is_replayed(spark, tmp_path):
     their raw bytes) must not be written again."""
     from doodlestats import pipeline
     from doodlestats.config import load_config
-    from tools.generator import GenConfig, generate
     from doodlestats.tables import QUARANTINE, Tables
+    from tools.generator import GenConfig, generate
     lines, truth = generate(GenConfig(count=3000, rate=40, users=300, seed=33, malformed_frac=0.05))
     df = spark.createDataFrame([(v, "t", 0, i, None, None) for i, v in enumerate(lines)], SOURCE)
     cfg = load_config(write_conf(tmp_path / "c.toml"))

@@ -12,9 +12,8 @@ import subprocess
 from collections import Counter
 
 import pytest
-
 from conftest import ROOT, new_topic, produce
-from test_minute_stats import job_args, quarantine_counts, recount, stored_minutes
+from test_minute_stats import job_args, recount, stored_minutes
 
 pytestmark = pytest.mark.integration
 

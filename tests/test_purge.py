@@ -12,10 +12,8 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from pathlib import Path
 
 import pytest
-
 from conftest import ROOT, write_conf
 
 pytestmark = pytest.mark.integration
@@ -42,8 +40,8 @@ def purge(conf, *args, submit: bool = False) -> subprocess.CompletedProcess:
 
 
 def files_by_date(table) -> dict[dt.date, list[str]]:
-    from deltalake import DeltaTable
     import pyarrow as pa
+    from deltalake import DeltaTable
     acts = DeltaTable(str(table)).get_add_actions(flatten=True)
     acts = acts if isinstance(acts, pa.Table) else pa.table(acts)
     out: dict[dt.date, list[str]] = {}
@@ -96,8 +94,8 @@ def test_purge_deletes_the_old_days_and_their_files_and_keeps_the_rest(written):
 
     dry = purge(conf, "--days", "30", "--dry-run")
     assert dry.returncode == 0, dry.stderr
-    listed = [l.split() for l in dry.stdout.splitlines() if re.match(r"\d{4}-\d\d-\d\d ", l)]
-    assert {dt.date.fromisoformat(l[0]): int(l[1].replace(",", "")) for l in listed} == \
+    listed = [ln.split() for ln in dry.stdout.splitlines() if re.match(r"\d{4}-\d\d-\d\d ", ln)]
+    assert {dt.date.fromisoformat(ln[0]): int(ln[1].replace(",", "")) for ln in listed} == \
         {d: before_rows[d] for d in old}
     assert DeltaTable(str(table)).version() == version and rows_by_date(table) == before_rows
 
@@ -111,7 +109,7 @@ def test_purge_deletes_the_old_days_and_their_files_and_keeps_the_rest(written):
         assert all((table / f).exists() for f in before_files[d])
     ops = [h["operation"] for h in DeltaTable(str(table)).history()]
     assert ops[:3] == ["VACUUM END", "VACUUM START", "DELETE"], ops
-    with pytest.raises(Exception):  # time travel cannot bring the purged rows back
+    with pytest.raises(Exception):  # noqa: B017 - time travel cannot bring the purged rows back (any error)
         DeltaTable(str(table), version=version).to_pyarrow_table()
 
     again = purge(conf, "--days", "30")  # nothing older left: no new version
@@ -158,6 +156,7 @@ def test_purge_on_an_object_store(tmp_path):
     deleted rows' objects gone from the bucket, the others kept."""
     import pyarrow as pa
     from deltalake import DeltaTable
+
     from doodlestats.config import load_config
     from doodlestats.storage import delta_storage_options
     from doodlestats.tables import QUARANTINE, SCHEMAS, Tables

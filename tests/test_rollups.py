@@ -17,7 +17,6 @@ from pathlib import Path
 
 import orjson
 import pytest
-
 from conftest import ROOT, consume_all, new_topic, write_conf
 
 GRAINS = ("hour", "day", "week", "month", "year")

@@ -10,7 +10,6 @@ import os
 import subprocess
 
 import pytest
-
 from conftest import ROOT, new_topic, produce, write_conf
 from test_minute_stats import recount
 

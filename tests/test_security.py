@@ -21,7 +21,6 @@ from pathlib import Path
 
 import orjson
 import pytest
-
 from conftest import ROOT, TEST_PORT, write_conf
 from test_minute_stats import truth_by_minute
 
@@ -90,6 +89,7 @@ def sample(secure):
 def end_offsets(cfg, topic: str) -> int:
     """Sum of the topic's high watermarks, read through the secured listener."""
     from confluent_kafka import Consumer, TopicPartition
+
     from doodlestats.kafka import client_settings
     c = Consumer({**client_settings(cfg), "group.id": f"t-{uuid.uuid4().hex}", "enable.auto.commit": False})
     try:
@@ -102,6 +102,7 @@ def end_offsets(cfg, topic: str) -> int:
 def consume(cfg, topic: str, timeout: float = 30.0) -> list[tuple[bytes, bytes]]:
     """Every message of ``topic`` through the secured listener."""
     from confluent_kafka import Consumer
+
     from doodlestats.kafka import client_settings
     c = Consumer({**client_settings(cfg), "group.id": f"t-{uuid.uuid4().hex}", "auto.offset.reset": "earliest",
                   "enable.auto.commit": False})
@@ -153,6 +154,7 @@ def good_run(secure, sample):
     """The job through SASL_SSL (SCRAM-SHA-512), with Spark's event log on; returns
     (conf, folder, CompletedProcess)."""
     from confluent_kafka import Producer
+
     from doodlestats.config import load_config
     from doodlestats.kafka import client_settings
     from tools.loader import open_lines
@@ -185,6 +187,7 @@ def test_job_end_to_end_through_sasl_ssl(good_run, sample, with_creds):
     """Spark's Kafka source (Java client, PEM truststore), the minuteStats publisher and the
     admin check all pass SCRAM-SHA-512 over SSL; Delta, stdout and the topic hold the truth."""
     from deltalake import DeltaTable
+
     from doodlestats.config import load_config
     conf, d, res = good_run
     want = truth_by_minute(sample[1])

@@ -7,7 +7,6 @@ import os
 import subprocess
 
 import pytest
-
 from conftest import ROOT, new_topic, produce
 
 pytestmark = pytest.mark.integration

@@ -11,12 +11,22 @@ import uuid
 from pathlib import Path
 
 import pytest
-
 from conftest import ROOT, write_conf
+
 from doodlestats import storage
 from doodlestats.config import REPO_ROOT, ConfigError, load_config
-from doodlestats.storage import (HadoopFS, StorageError, delta_storage_options, is_uri, join, local_path,
-                                 spark_conf, spark_hadoop_conf, to_delta_uri, to_spark_uri)
+from doodlestats.storage import (
+    HadoopFS,
+    StorageError,
+    delta_storage_options,
+    is_uri,
+    join,
+    local_path,
+    spark_conf,
+    spark_hadoop_conf,
+    to_delta_uri,
+    to_spark_uri,
+)
 from tools import s3_local
 
 # The test configuration reads the S3 credentials from these variables (the configurable

@@ -8,8 +8,8 @@ import sys
 
 import jsonschema
 import pytest
-
 from conftest import ROOT
+
 from doodlestats import guard
 from doodlestats.config import ConfigError, load_config
 from doodlestats.counting import hll_lg_k, hll_rsd
@@ -49,7 +49,7 @@ def test_every_knob_in_conf_is_commented():
     lines = (ROOT / "conf" / "doodle.toml").read_text().splitlines()
     for i, line in enumerate(lines):
         if "=" in line and not line.startswith("#"):
-            above = [l for l in lines[max(0, i - 6):i] if l.strip()]
+            above = [ln for ln in lines[max(0, i - 6):i] if ln.strip()]
             assert above and (above[-1].startswith("#") or "=" in above[-1]), f"uncommented: {line}"
 
 
@@ -130,6 +130,7 @@ def test_tables_of_an_earlier_version_get_the_new_columns(tmp_path):
     ``ensure``; its old rows read as null and rows of the new schema append."""
     import pyarrow as pa
     from deltalake import DeltaTable, write_deltalake
+
     from doodlestats.tables import QUARANTINE, SCHEMAS, Tables
     old = pa.schema([f for f in SCHEMAS[QUARANTINE] if f.name != "byte_offset"])
     path = tmp_path / QUARANTINE

@@ -21,8 +21,6 @@ started again). Jobs bring their own jars and the package (``./spark-submit.sh``
 
 from __future__ import annotations
 
-from tools._proc import pid_alive, port_open, terminate  # noqa: F401
-
 import argparse
 import json
 import os
@@ -38,6 +36,7 @@ from pathlib import Path
 from typing import Iterator
 
 from doodlestats.config import REPO_ROOT
+from tools._proc import pid_alive, port_open, terminate  # noqa: F401
 
 HOST = "127.0.0.1"
 MASTER_CLASS = "org.apache.spark.deploy.master.Master"
@@ -231,7 +230,7 @@ def up(workers: int = 2, port: int = 7077, webui_port: int = 8080, worker_cores:
     env = _daemon_env(_java_env())
     pids: dict[str, int] = {}
     if have is not None:
-        pids["master"] = _read_pid(d / "master.pid")
+        pids["master"] = _read_pid(d / "master.pid") or 0
     else:
         for p in (port, webui_port):
             if _port_open(p):

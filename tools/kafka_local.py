@@ -25,8 +25,6 @@ sasl_password_env — the same ones the clients read. Clients then use
 
 from __future__ import annotations
 
-from tools._proc import pid_alive, port_open, terminate  # noqa: F401
-
 import argparse
 import base64
 import dataclasses
@@ -42,6 +40,7 @@ from pathlib import Path
 
 from doodlestats.config import REPO_ROOT, Config, ConfigError, load_config
 from doodlestats.kafka import KafkaUnavailable
+from tools._proc import pid_alive, port_open, terminate  # noqa: F401
 
 JARS = REPO_ROOT / ".deps" / "kafka-jars"
 LOG4J = REPO_ROOT / "conf" / "kafka" / "log4j2.properties"
@@ -250,6 +249,7 @@ def _run_tool(args: list[str]) -> None:
 
 def _admin(cfg: Config, **extra):
     from confluent_kafka.admin import AdminClient
+
     from doodlestats.kafka import client_settings
     try:
         return AdminClient({**client_settings(cfg), **extra})
@@ -359,7 +359,8 @@ def up(cfg: Config, sasl: SaslSsl | None = None) -> int:
         props = run_dir() / "server.properties"
         _write_private(props, server_properties(cfg, sasl))
         if not (run_dir() / "data" / "meta.properties").exists():
-            cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")  # may start with "-": passed as --cluster-id=ID
+            # may start with "-": passed as --cluster-id=ID
+            cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
             _say(f"formatting storage in {run_dir() / 'data'} (cluster {cluster_id})")
             _run_tool(["kafka.tools.StorageTool", "format", f"--cluster-id={cluster_id}", "-c", str(props)])
         heap = cfg.kafka.broker_heap

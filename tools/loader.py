@@ -87,6 +87,7 @@ import sys
 import time
 from functools import partial
 from pathlib import Path
+from typing import Any, TextIO
 
 from doodlestats.config import REPO_ROOT, Config, ConfigError, load_config
 
@@ -188,9 +189,10 @@ class Pacer:
         self.step = 1.0 / rate if rate else 0.0
         self.live, self.speed, self.burst_s = live, speed, burst_s
         self.clock, self.sleep = clock, sleep
-        self.next = None                      # when the next frame is due by the rate
-        self.live_t0 = self.live_ts0 = None   # the live clock's origin: wall time, frame time
-        self.live_ts = None                   # frame time the live clock has reached
+        self.next: Any = None                 # when the next frame is due by the rate
+        self.live_t0: Any = None              # the live clock's origin: wall time, frame time
+        self.live_ts0: Any = None
+        self.live_ts: Any = None              # frame time the live clock has reached
 
     @property
     def active(self) -> bool:
@@ -339,7 +341,7 @@ class Rejects:
     def __init__(self, path: Path):
         self.path = path
         self.count = 0
-        self._f = None
+        self._f: TextIO | None = None
 
     def add(self, line: int, reason: str, frame: bytes, error: str) -> None:
         rec = {"line": line, "reason": reason, "bytes": len(frame), "error": error}
@@ -446,6 +448,8 @@ class Loader:
         print(rep.line()); sys.exit(rep.exit_code)
     """
 
+    _alone: Any = None  # the producer for frames re-sent one at a time, made when first needed
+
     def __init__(self, cfg: Config, path: str, topic: str, *, key: str = "uid", compression: str = "none",
                  rate: float | None = None, live: bool = False, speed: float = 1.0,
                  rejects: str | Path | None = None, progress_file: str | Path | None = None,
@@ -461,7 +465,7 @@ class Loader:
         self.limit = cfg.kafka.max_message_bytes
         if path == "-":
             base, stem = Path.cwd(), "stdin"
-            identity = {"input": "-", "topic": topic}
+            identity: dict[str, object] = {"input": "-", "topic": topic}
         else:
             p = Path(path)
             if not p.is_file():
@@ -720,7 +724,7 @@ class Loader:
         produce, poll = producer.produce, producer.poll
         pace = self.pacer.wait if self.pacer.active else None
         live = self.pacer.live
-        parser = simdjson = None
+        parser: Any = None
         if self.key == "uid" or live:
             import simdjson
             parser = simdjson.Parser()

@@ -21,8 +21,6 @@ stops it by its PID::
 
 from __future__ import annotations
 
-from tools._proc import pid_alive, port_open, terminate  # noqa: F401
-
 import argparse
 import contextlib
 import dataclasses
@@ -36,6 +34,7 @@ from pathlib import Path
 from typing import Iterator
 
 from doodlestats.config import REPO_ROOT
+from tools._proc import pid_alive, port_open, terminate  # noqa: F401
 
 HOST = "127.0.0.1"
 DEFAULT_PORT = 9400
@@ -238,9 +237,9 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "down":
             _say("stopped" if down() else "not running")
         else:
-            s = running()
-            _say(f"running on {s.endpoint} (pid {s.pid})" if s else "not running")
-            return 0 if s else 1
+            srv = running()
+            _say(f"running on {srv.endpoint} (pid {srv.pid})" if srv else "not running")
+            return 0 if srv else 1
     except S3Error as e:
         _say(str(e))
         return 2
