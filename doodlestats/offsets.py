@@ -11,10 +11,12 @@ from __future__ import annotations
 import time
 
 from doodlestats.config import Config
-from doodlestats.progress import log
+from doodlestats.logs import logger
 from doodlestats.state import KEEP_GAPS, Gap, JobState, find_gaps
 
 __all__ = ["DataLoss", "OffsetCheck", "kafka_earliest"]
+
+_log = logger(__name__)
 
 class DataLoss(RuntimeError):
     """Offsets the checkpoint expects are gone from the broker (retention deleted them
@@ -101,8 +103,8 @@ class OffsetCheck:
             raise self.failure
         now = time.time()
         for g in gaps:
-            log(f"data loss skipped: {g.describe()} — going on from offset {g.end:,} (on_data_loss = skip); "
-                f"recorded in the job state of the next batch")
+            _log.info(f"data loss skipped: {g.describe()} — going on from offset {g.end:,} (on_data_loss = skip); "
+                      f"recorded in the job state of the next batch")
             self.found.append(g.record(batch_id, now))
         self.pending += gaps
         return gaps

@@ -31,8 +31,9 @@ from doodlestats import guard, stages
 from doodlestats.config import Config
 from doodlestats.counting import Partials, make_counter
 from doodlestats.driver import BatchSummary, DriverState, flush, step, to_restore
+from doodlestats.logs import logger
 from doodlestats.offsets import OffsetCheck
-from doodlestats.progress import BatchReport, log
+from doodlestats.progress import BatchReport
 from doodlestats.results import MinuteResult, iso
 from doodlestats.sinks import DeltaMinuteSink, Sink
 from doodlestats.staging import observed, register_tally, tally_rows, write_staged
@@ -41,6 +42,8 @@ from doodlestats.tables import MINUTE_STATS, MINUTE_UIDS, QUARANTINE, MinuteFile
 from doodlestats.window import Watermark
 
 __all__ = ["MinuteStatsPipeline", "SPARK_SETTINGS"]
+
+_log = logger(__name__)
 
 SPARK_SETTINGS = {
     # executor-written files must be readable by delta-rs and any Delta reader
@@ -133,7 +136,7 @@ class MinuteStatsPipeline:
         rep = BatchReport(batch_id)
         if self.done(batch_id):
             rep.skipped = True
-            log(f"batch {batch_id}: already committed, skipped")
+            _log.info(f"batch {batch_id}: already committed, skipped")
         else:
             st = self._state_before(batch_id)
             try:
@@ -158,7 +161,8 @@ class MinuteStatsPipeline:
             for sink in self.sinks:
                 sink.write(results, st.batch_id)
             self.store.save(replace(st, watermark=self.driver.watermark, versions=self.tables.versions()))
-            log(f"end of input: {len(results)} open minute(s) emitted as final; watermark {iso(self.driver.watermark)}")
+            _log.info(f"end of input: {len(results)} open minute(s) emitted as final; "
+                      f"watermark {iso(self.driver.watermark)}")
         return results
 
     # ------------------------------------------------------------------ the batch
@@ -221,8 +225,8 @@ class MinuteStatsPipeline:
         if not summary.quarantined or few is not None or self.tables.committed(QUARANTINE, rep.batch_id):
             return {}
         if summary.unkept:
-            log(f"guard: {summary.unkept} outlier(s) were not suspects in the first pass; "
-                "reading their raw bytes again")
+            _log.info(f"guard: {summary.unkept} outlier(s) were not suspects in the first pass; "
+                      "reading their raw bytes again")
         rows = stages.quarantine_rows(src, classified, summary.unkept, rep.batch_id, stages.now_us())
         metas, _ = write_staged(rows, self.tables.stage_uri(QUARANTINE, rep.batch_id), minute_stats=False)
         return {QUARANTINE: metas}

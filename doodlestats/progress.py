@@ -13,19 +13,17 @@ batch line is followed by the steps and by the Spark jobs (and stages) the batch
 from __future__ import annotations
 
 import os
-import sys
 import time
 from collections import Counter as Tally
 from dataclasses import dataclass, field
 
+from doodlestats.logs import logger
 from doodlestats.results import MinuteResult, iso
 
-__all__ = ["BatchReport", "Progress", "log"]
+__all__ = ["BatchReport", "Progress"]
 
+_log = logger(__name__)
 
-def log(msg: str) -> None:
-    """One diagnostic line on stderr (results go to stdout)."""
-    print(msg, file=sys.stderr, flush=True)
 
 
 @dataclass
@@ -83,10 +81,10 @@ class Progress:
     def _line(self, rep: BatchReport, since: float) -> None:
         wm = iso(rep.watermark) if rep.watermark is not None else "-"
         q = " ".join(f"{k}={v}" for k, v in sorted(self.quarantined.items())) or "none"
-        log(f"batch {rep.batch_id}: {rep.frames:,} frames | input {rep.frames / since:,.0f}/s | "
-            f"processed {rep.frames / max(rep.seconds, 1e-6):,.0f}/s in {rep.seconds:.2f}s | "
-            f"watermark {wm} | open minutes {rep.open_minutes} | driver rows {rep.driver_rows:,} | "
-            f"quarantined {q}")
+        _log.info(f"batch {rep.batch_id}: {rep.frames:,} frames | input {rep.frames / since:,.0f}/s | "
+                  f"processed {rep.frames / max(rep.seconds, 1e-6):,.0f}/s in {rep.seconds:.2f}s | "
+                  f"watermark {wm} | open minutes {rep.open_minutes} | driver rows {rep.driver_rows:,} | "
+                  f"quarantined {q}")
         if self.timings:
-            log("  steps: " + ", ".join(f"{k} {v:.2f}s" for k, v in rep.steps.items()))
-            log(f"  spark: jobs {rep.spark_jobs}, stages {rep.spark_stages}")
+            _log.info("  steps: " + ", ".join(f"{k} {v:.2f}s" for k, v in rep.steps.items()))
+            _log.info(f"  spark: jobs {rep.spark_jobs}, stages {rep.spark_stages}")

@@ -179,25 +179,8 @@ def reference_parse(raw: bytes | bytearray | memoryview | None) -> Result:
         return None, None, MALFORMED_JSON
     frame_v, ts_v, uid_v = _validators()
 
-    ts_val = doc.get("ts", _MISSING)
-    ts: int | None = None
-    if ts_val is _MISSING:
-        ts_reason = MISSING_TS
-    elif ts_v.is_valid(ts_val):
-        ts_reason = None
-        ts = int(ts_val)  # int, integral float, or 1..12 digit string
-    else:
-        ts_reason = BAD_TS
-
-    uid_val = doc.get("uid", _MISSING)
-    uid: str | None = None
-    if uid_val is _MISSING:
-        uid_reason = MISSING_UID
-    elif uid_v.is_valid(uid_val):
-        uid_reason = None
-        uid = uid_val
-    else:
-        uid_reason = BAD_UID
+    ts_val, ts, ts_reason = _field(doc, "ts", ts_v, MISSING_TS, BAD_TS, int)  # int, integral float, 1..12 digits
+    uid_val, uid, uid_reason = _field(doc, "uid", uid_v, MISSING_UID, BAD_UID, str)
 
     reason = ts_reason or uid_reason
     whole_valid = frame_v.is_valid(doc)
@@ -210,6 +193,16 @@ def reference_parse(raw: bytes | bytearray | memoryview | None) -> Result:
         uid, uid_reason = None, BAD_UID  # the one rule beyond the schema; see module doc
         reason = ts_reason or uid_reason
     return ts, uid, reason
+
+
+def _field(doc: dict, name: str, validator, missing: str, bad: str, convert):
+    """(the raw value or ``_MISSING``, the converted value or None, the reason or None)."""
+    val = doc.get(name, _MISSING)
+    if val is _MISSING:
+        return val, None, missing
+    if validator.is_valid(val):
+        return val, convert(val), None
+    return val, None, bad
 
 
 def _has_lone_surrogate(s: str) -> bool:

@@ -65,12 +65,15 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from doodlestats.counting import hll_lg_k, hll_rsd
+from doodlestats.logs import logger
 from doodlestats.results import Field, iso
 from doodlestats.storage import join, to_delta_uri
 from doodlestats.tables import MINUTE_STATS, MINUTE_UIDS, Tables
 
 __all__ = ["GRAINS", "FIELDS", "ROLLUP_SCHEMA", "RollupResult", "GrainReport", "RollupError", "Rollups",
            "json_schema", "period_start", "period_end", "period_col", "parse_time", "table_name", "main"]
+
+_log = logger(__name__)
 
 GRAINS = ("hour", "day", "week", "month", "year")
 MODES = ("exact", "approx")
@@ -81,9 +84,6 @@ _LG_K_BYTE = 3               # offset of lgConfigK in a serialized DataSketches 
 _MAX_RANGES = 256            # more period ranges than this: one range + a period filter
 _PERIOD_PATTERN = "^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:00:00Z$"
 
-
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
 
 
 def table_name(grain: str) -> str:
@@ -555,7 +555,7 @@ class Rollups:
         rep.deleted = self._write(rt, results, gone if stored_starts else None, version, record)
         rep.seconds = time.time() - t0
         if self.progress:
-            log(rep.line())
+            _log.info(rep.line())
         return rep
 
     def _write(self, rt, results: list[RollupResult], gone: str | None, version: int,
@@ -665,7 +665,7 @@ def main(argv: list[str] | None = None) -> int:
     from doodlestats.storage import StorageError, delta_storage_options
 
     def fail(msg: str, code: int = 2) -> int:
-        print(f"{PROG}: error: {msg}", file=sys.stderr, flush=True)
+        _log.error(f"{PROG}: error: {msg}")
         return code
     try:
         cfg = load_config(args.conf_file, {"job.mode": args.mode, "job.rsd": args.rsd, "paths.delta": args.delta_path,
@@ -711,11 +711,11 @@ def main(argv: list[str] | None = None) -> int:
         rng = "" if args.from_ is None and args.to is None else \
             f" | range [{iso(args.from_) if args.from_ is not None else '-'}, " \
             f"{iso(args.to) if args.to is not None else '-'})"
-        log(f"{PROG}: {', '.join(args.grains)} from {delta} | mode {cfg.job.mode}{rng}"
-            f"{' | full' if args.full else ''}")
+        _log.info(f"{PROG}: {', '.join(args.grains)} from {delta} | mode {cfg.job.mode}{rng}"
+                  f"{' | full' if args.full else ''}")
         reports = [roll.run(g, cfg.job.mode, args.from_, args.to, args.full, emit=emit) for g in args.grains]
-        log(f"{PROG}: done — {sum(len(r.recomputed) for r in reports):,} period(s) recomputed, "
-            f"{sum(r.skipped for r in reports):,} skipped in {sum(r.seconds for r in reports):.1f}s")
+        _log.info(f"{PROG}: done — {sum(len(r.recomputed) for r in reports):,} period(s) recomputed, "
+                  f"{sum(r.skipped for r in reports):,} skipped in {sum(r.seconds for r in reports):.1f}s")
     except (RollupError, PublishError) as e:
         return fail(str(e), 1)
     finally:

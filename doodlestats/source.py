@@ -29,8 +29,11 @@ import sys
 from dataclasses import dataclass, field
 
 from doodlestats.kafka import client_settings, spark_kafka_options
+from doodlestats.logs import logger
 
 __all__ = ["Chunk", "file_chunks", "read_ranges", "splittable", "kafka_chunks", "spool_stdin", "parse_time"]
+
+_log = logger(__name__)
 
 
 @dataclass
@@ -193,7 +196,7 @@ def spool_stdin(folder: str, lines_per_file: int = 1_000_000, stream=None) -> li
         if n >= lines_per_file:
             out.close()
             out, n = None, 0
-            print(f"backfill: spooled {total:,} lines from stdin", file=sys.stderr, flush=True)
+            _log.info(f"backfill: spooled {total:,} lines from stdin")
     if out is not None:
         out.close()
     return paths

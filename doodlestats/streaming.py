@@ -26,11 +26,13 @@ import os
 import signal
 import time
 
+from doodlestats.logs import logger
 from doodlestats.offsets import DataLoss
-from doodlestats.progress import log
 
 __all__ = ["BROKER_PATIENCE_S", "EXIT_BROKER_GONE", "FETCH_BYTES", "SPARK_KAFKA_RACE", "BrokerWatch", "StreamRunner",
            "failed", "files_source", "kafka_source", "patient_kafka_sink", "process_cpu", "read_tasks"]
+
+_log = logger(__name__)
 
 #: How long the job waits for a Kafka broker that went away before it gives up: Spark's
 #: offset look-ups (driver) and fetches (executors), and the minuteStats publisher.
@@ -126,7 +128,7 @@ class BrokerWatch:
                 self.suspect_since = time.monotonic()
         elif err.str() not in self._said:  # anything else (authentication, ...): once each
             self._said.add(err.str())
-            log(f"minute_stats: kafka: {err.str()}")
+            _log.info(f"minute_stats: kafka: {err.str()}")
 
     def tick(self) -> None:
         """Serve the producer's callbacks; while the broker is suspected away, probe it."""
@@ -142,8 +144,8 @@ class BrokerWatch:
         except Exception:  # noqa: BLE001 - no answer
             if self.down_since is None:
                 self.down_since = self.suspect_since
-                log(f"minute_stats: Kafka at {self.bootstrap} does not answer — waiting for it (up to "
-                    f"{BROKER_PATIENCE_S}s); the stream goes on where it stopped when it is back")
+                _log.info(f"minute_stats: Kafka at {self.bootstrap} does not answer — waiting for it (up to "
+                          f"{BROKER_PATIENCE_S}s); the stream goes on where it stopped when it is back")
             return
         self.back()
 
@@ -151,7 +153,7 @@ class BrokerWatch:
         if self.down_since is not None:
             away = time.monotonic() - self.down_since
             self.longest = max(self.longest, away)
-            log(f"minute_stats: Kafka at {self.bootstrap} is back after {away:.0f}s")
+            _log.info(f"minute_stats: Kafka at {self.bootstrap} is back after {away:.0f}s")
         self.suspect_since = self.down_since = None
 
 
@@ -221,16 +223,16 @@ def failed(exc, offset_check, watch: BrokerWatch, spark) -> int:
     """One line for a query that died, and its exit status."""
     text = str(exc)
     if offset_check is not None and offset_check.failure is not None:  # found inside a batch
-        log(f"minute_stats: error: {offset_check.failure}")
+        _log.error(f"minute_stats: error: {offset_check.failure}")
         code = 2
     elif watch.down_since is not None or "PublishTimeout" in text:
         away = time.monotonic() - watch.down_since if watch.down_since is not None else BROKER_PATIENCE_S
-        log(f"minute_stats: error: Kafka at {watch.bootstrap} has not answered for {away:.0f}s, longer than the "
-            f"job waits ({BROKER_PATIENCE_S}s) — nothing is lost: start the job again when the broker is back, "
-            f"it resumes from its checkpoint")
+        _log.error(f"minute_stats: error: Kafka at {watch.bootstrap} has not answered for {away:.0f}s, longer than the "
+                   f"job waits ({BROKER_PATIENCE_S}s) — nothing is lost: start the job again when the broker is back, "
+                   f"it resumes from its checkpoint")
         code = EXIT_BROKER_GONE
     else:
-        log(f"minute_stats: query failed: {text}")
+        _log.info(f"minute_stats: query failed: {text}")
         code = 1
     spark.stop()
     return code
@@ -262,7 +264,7 @@ class StreamRunner:
     def on_signals(self) -> None:
         def on_signal(signum, _frame):
             self.stop["requested"] = True
-            log(f"minute_stats: {signal.Signals(signum).name} received, stopping after the current batch")
+            _log.info(f"minute_stats: {signal.Signals(signum).name} received, stopping after the current batch")
         signal.signal(signal.SIGTERM, on_signal)
         signal.signal(signal.SIGINT, on_signal)
 
@@ -286,7 +288,7 @@ class StreamRunner:
                 return failed(exc, self.offset_check, self.watch, self.spark)
             if not self.offset_check.pending:
                 break
-            log("minute_stats: Spark's Kafka reader failed on deleted offsets; reading the batch again")
+            _log.info("minute_stats: Spark's Kafka reader failed on deleted offsets; reading the batch again")
         if query.exception() is not None:
             return failed(query.exception(), self.offset_check, self.watch, self.spark)
         return 0
@@ -298,12 +300,12 @@ class StreamRunner:
         gaps = list(self.offset_check.pending) if self.offset_check else []
         if not gaps:
             return None
-        log(f"minute_stats: reading past the skipped offsets of {len(gaps)} partition(s) with one read task "
-            f"per Kafka partition first")
+        _log.info(f"minute_stats: reading past the skipped offsets of {len(gaps)} partition(s) with one read task "
+                  f"per Kafka partition first")
         query = self.start(one_task_per_partition=True)
         drive(query, self.stop, self.watch, until=lambda: read_past(query, gaps))
         if query.exception() is None and not self.stop["requested"]:
-            log("minute_stats: past the skipped offsets; reading with all read tasks again")
+            _log.info("minute_stats: past the skipped offsets; reading with all read tasks again")
             return None
         return query
 

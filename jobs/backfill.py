@@ -38,12 +38,11 @@ except ImportError:  # plain spark-submit from a clone: make the package importa
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from doodlestats.config import ConfigError, load_config  # noqa: E402
+from doodlestats.logs import logger  # noqa: E402
 
 PROG = "backfill"
+_log = logger(PROG)
 
-
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -165,7 +164,7 @@ def open_spark(args, cfg, overrides: dict, delta: str, checkpoint: str):
     spark = get_spark("backfill", cfg)
     configure_spark(spark, cfg, checkpoint=checkpoint, outputs=[delta])
     if cfg.job.parser == "jvm" and not has_fast_parser(spark):
-        log(f"{PROG}: warning: doodle-udf.jar is not on the classpath; falling back to --parser python")
+        _log.warning(f"{PROG}: warning: doodle-udf.jar is not on the classpath; falling back to --parser python")
         cfg = load_config(args.conf_file, {**overrides, "job.parser": "python"})
     return spark, cfg
 
@@ -181,7 +180,7 @@ def run_chunks(spark, cfg, args, chunks, unit: str, delta: str, checkpoint: str,
                                    storage_options=delta_storage_options(delta, cfg),
                                    app_id=f"backfill:{rid}", sketches=True, on_batch=totals)
     total = sum(c.size for c in chunks)
-    log(f"{PROG}: {len(chunks)} chunk(s), {total:,} {unit} → {delta} | checkpoint {checkpoint}")
+    _log.info(f"{PROG}: {len(chunks)} chunk(s), {total:,} {unit} → {delta} | checkpoint {checkpoint}")
     bar = Progress(len(chunks), total, unit)
     started = time.time()
     for i, chunk in enumerate(chunks):
@@ -192,8 +191,8 @@ def run_chunks(spark, cfg, args, chunks, unit: str, delta: str, checkpoint: str,
         bar.update(chunk.size, rep.frames, chunk.label)
     final = pipeline.flush()
     q = " ".join(f"{k}={v}" for k, v in sorted(totals.quarantined.items())) or "none"
-    log(f"{PROG}: done in {time.time() - started:.1f}s: {totals.totals['frames']:,} frames, "
-        f"{totals.totals['counted']:,} counted, quarantined {q}; {len(final)} minute(s) final at the end")
+    _log.info(f"{PROG}: done in {time.time() - started:.1f}s: {totals.totals['frames']:,} frames, "
+              f"{totals.totals['counted']:,} counted, quarantined {q}; {len(final)} minute(s) final at the end")
     if args.metrics_file:
         Path(args.metrics_file).write_text(json.dumps({
             **totals.totals, "seconds": round(time.time() - started, 3), "chunks": len(chunks),
@@ -213,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.topic:  # before Spark: refused credentials/certificate or no broker, in one line
             check_kafka(cfg, need_input=False)
     except (ConfigError, KafkaUnavailable) as e:
-        print(f"{PROG}: error: {e}", file=sys.stderr)
+        _log.error(f"{PROG}: error: {e}")
         return 2
     from doodlestats.storage import join
     delta = str(cfg.path("delta"))
@@ -223,11 +222,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         chunks, unit = plan_chunks(spark, cfg, args, checkpoint, rid)
     except (FileNotFoundError, ValueError) as e:
-        log(f"{PROG}: error: {e}")
+        _log.error(f"{PROG}: error: {e}")
         spark.stop()
         return 2
     if chunks is None:
-        log(f"{PROG}: stdin was empty, nothing to do")
+        _log.info(f"{PROG}: stdin was empty, nothing to do")
         return 0
     run_chunks(spark, cfg, args, chunks, unit, delta, checkpoint, rid)
     spark.stop()

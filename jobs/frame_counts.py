@@ -24,6 +24,9 @@ except ImportError:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from doodlestats.config import ConfigError, load_config  # noqa: E402
+from doodlestats.logs import logger  # noqa: E402
+
+_log = logger("frame_counts")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -41,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg = load_config(args.conf_file, {"kafka.bootstrap_servers": args.bootstrap_servers,
                                            "kafka.input_topic": args.topic})
     except ConfigError as e:
-        print(f"frame_counts: error: {e}", file=sys.stderr)
+        _log.error(f"frame_counts: error: {e}")
         return 2
 
     from pyspark.sql import functions as F
@@ -53,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     try:  # no broker, refused credentials, missing topic: one line before Spark starts
         check_kafka(cfg, need_input=True)
     except KafkaUnavailable as e:
-        print(f"frame_counts: error: {e}", file=sys.stderr)
+        _log.error(f"frame_counts: error: {e}")
         return 2
     spark = get_spark("frame_counts", cfg)
     raw = (spark.read.format("kafka").options(**spark_kafka_options(cfg))

@@ -47,8 +47,10 @@ except ImportError:  # plain spark-submit from a clone: make the package importa
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from doodlestats.config import ConfigError, load_config  # noqa: E402
-from doodlestats.progress import log  # noqa: E402
+from doodlestats.logs import logger  # noqa: E402
 from doodlestats.storage import is_uri  # noqa: E402
+
+_log = logger("minute_stats")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -118,7 +120,7 @@ def print_table(rows: list[dict]) -> None:
 
 
 def fail(msg, spark=None) -> int:
-    log(f"minute_stats: error: {msg}")
+    _log.error(f"minute_stats: error: {msg}")
     if spark is not None:
         spark.stop()
     return 2
@@ -144,8 +146,8 @@ def open_spark(cfg, args):
     require_connectors(kafka=args.source == "kafka", prog="minute_stats")  # one line, not a stack trace
     spark = get_spark("minute_stats", cfg)
     if cfg.job.parser == "jvm" and not has_fast_parser(spark):
-        log("minute_stats: warning: doodle-udf.jar is not on the classpath (add --jars "
-            "java/target/doodle-udf.jar); falling back to --parser python")
+        _log.warning("minute_stats: warning: doodle-udf.jar is not on the classpath (add --jars "
+                     "java/target/doodle-udf.jar); falling back to --parser python")
         cfg = build_config(argparse.Namespace(**{**vars(args), "parser": "python"}))
     configure_spark(spark, cfg, checkpoint=str(cfg.path("checkpoint")), outputs=[str(cfg.path("delta"))])
     return spark, cfg
@@ -173,12 +175,12 @@ def build_pipeline(spark, cfg, args, offset_check):
     sinks = [streaming.patient_kafka_sink(cfg, watch)] + ([StdoutSink()] if args.print else [])
     pipeline = MinuteStatsPipeline(spark, cfg, checkpoint, delta, sinks=sinks, on_batch=progress,
                                    storage_options=delta_storage_options(delta, cfg), offset_check=offset_check)
-    log(f"minute_stats: {args.source} {cfg.kafka.input_topic if args.source == 'kafka' else args.input_path} "
-        f"→ {cfg.kafka.output_topic} + {delta} | mode {cfg.job.mode} | parser {cfg.job.parser} | "
-        f"watermark {cfg.job.watermark_s}s | checkpoint {checkpoint}")
+    _log.info(f"minute_stats: {args.source} {cfg.kafka.input_topic if args.source == 'kafka' else args.input_path} "
+              f"→ {cfg.kafka.output_topic} + {delta} | mode {cfg.job.mode} | parser {cfg.job.parser} | "
+              f"watermark {cfg.job.watermark_s}s | checkpoint {checkpoint}")
     if cfg.job.warm_up_frames and not args.available_now:  # live: the first results must be on time
-        log(f"minute_stats: warm-up on {cfg.job.warm_up_frames:,} synthetic frames took "
-            f"{warm_up(spark, cfg, cfg.job.warm_up_frames):.1f}s")
+        _log.info(f"minute_stats: warm-up on {cfg.job.warm_up_frames:,} synthetic frames took "
+                  f"{warm_up(spark, cfg, cfg.job.warm_up_frames):.1f}s")
     return pipeline, watch, progress
 
 

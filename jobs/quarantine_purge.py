@@ -43,12 +43,12 @@ try:
 except ImportError:  # plain spark-submit from a clone: make the package importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from doodlestats.logs import logger  # noqa: E402
+
 PROG = "quarantine_purge"
 COMMIT_ATTEMPTS = 5
+_log = logger(PROG)
 
-
-def log(msg: str) -> None:
-    print(f"{PROG}: {msg}", file=sys.stderr, flush=True)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -95,7 +95,8 @@ def _retry(what: str, fn):
         except CommitFailedError as e:
             if attempt == COMMIT_ATTEMPTS:
                 raise
-            log(f"{what}: commit conflict ({str(e).splitlines()[0]}), attempt {attempt + 1} of {COMMIT_ATTEMPTS}")
+            _log.info(f"{PROG}: {what}: commit conflict ({str(e).splitlines()[0]}), "
+                      f"attempt {attempt + 1} of {COMMIT_ATTEMPTS}")
             time.sleep(0.5 * attempt)
 
 
@@ -150,7 +151,7 @@ def purge(table, uri: str, days: int, cutoff, old: dict) -> tuple[list[str], lis
                                                                      f"(retention {days} days)"})
             m = _retry("delete", lambda: table.delete(f"date < '{cutoff.isoformat()}'", commit_properties=meta))
             if m.get("num_added_files"):  # a partition predicate never rewrites; say so if it did
-                log(f"warning: the delete rewrote {m['num_added_files']} file(s)")
+                _log.warning(f"{PROG}: warning: the delete rewrote {m['num_added_files']} file(s)")
             # the files just removed go now (lite: only files the log marks as removed)
             removed = _retry("vacuum", lambda: table.vacuum(retention_hours=0, enforce_retention_duration=False,
                                                             dry_run=False))
@@ -177,15 +178,16 @@ def main(argv: list[str] | None = None) -> int:
     try:
         table, uri, days = open_quarantine(args)
         if table is None:
-            log("retention 0 days: the quarantine is kept forever — nothing deleted "
-                "(set [quarantine] retention_days or --days N)")
+            _log.info(f"{PROG}: retention 0 days: the quarantine is kept forever — nothing deleted "
+                      "(set [quarantine] retention_days or --days N)")
             return 0
         cutoff = dt.datetime.now(dt.timezone.utc).date() - dt.timedelta(days=days)
         per_date = rows_per_date(table)
         old = {d: v for d, v in sorted(per_date.items()) if d is not None and d < cutoff}
         rows, span = sum(n for n, _ in old.values()), (f"{min(old)} … {max(old)}" if old else "-")
-        log(f"{uri} (version {table.version()}) | retention {days} day(s): rows quarantined before {cutoff} go | "
-            f"{rows:,} row(s) of {len(old)} day(s) ({span}) in {sum(len(fs) for _, fs in old.values()):,} file(s)")
+        files = sum(len(fs) for _, fs in old.values())
+        _log.info(f"{PROG}: {uri} (version {table.version()}) | retention {days} day(s): rows quarantined "
+                  f"before {cutoff} go | {rows:,} row(s) of {len(old)} day(s) ({span}) in {files:,} file(s)")
         if args.dry_run:
             for d, (n, fs) in old.items():
                 print(f"{d}  {n:>12,} rows  {len(fs):>6,} files  would be deleted")
@@ -194,12 +196,12 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         removed, orphans = purge(table, uri, days, cutoff, old)
     except PurgeError as e:
-        print(f"{PROG}: error: {e}", file=sys.stderr, flush=True)
+        _log.error(f"{PROG}: error: {e}")
         return e.code
     table.update_incremental()
-    log(f"done: deleted {rows:,} row(s) of {len(old)} day(s) ({span}), {len(removed):,} file(s) removed from "
-        f"storage; {len(orphans):,} staged file(s) of failed batches removed; table version {table.version()} | "
-        f"{time.time() - t0:.1f}s")
+    _log.info(f"{PROG}: done: deleted {rows:,} row(s) of {len(old)} day(s) ({span}), {len(removed):,} file(s) "
+              f"removed from storage; {len(orphans):,} staged file(s) of failed batches removed; "
+              f"table version {table.version()} | {time.time() - t0:.1f}s")
     return 0
 
 
