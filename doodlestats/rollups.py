@@ -1,6 +1,7 @@
 """Hour/day/week/month/year unique users, rolled up from the minute tables — in Spark.
 
-``jobs/rollups.py`` is the command; this module is its logic. For each grain it writes
+``jobs/rollups.py`` is the command; this module is its logic (the periods themselves:
+:mod:`doodlestats.periods`). For each grain it writes
 one Delta table below the Delta root (``rollup_hour``, ``rollup_day``, ``rollup_week``,
 ``rollup_month``, ``rollup_year``), one row per period and mode, upserted by
 ``(period_start, mode)``. Periods are UTC; weeks are ISO weeks (Monday 00:00 UTC).
@@ -44,21 +45,17 @@ Example::
 
     r = Rollups(spark, "data/delta", rsd=0.01)
     rep = r.run("day", "exact")                       # incremental
-    rep = r.run("week", "approx", lo=parse_time("2016-07-01"), full=True)
+    rep = r.run("week", "approx", lo=periods.parse_time("2016-07-01"), full=True)
     [x.to_json() for x in rep.results]
 """
 
 from __future__ import annotations
 
-import argparse
-import calendar
 import datetime as dt
 import json
-import re
-import sys
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Iterable
+from typing import Callable
 
 import orjson
 import pyarrow as pa
@@ -66,20 +63,18 @@ import pyarrow.compute as pc
 
 from doodlestats.counting import hll_lg_k, hll_rsd
 from doodlestats.logs import logger
+from doodlestats.periods import DAY_S, FIRST_MONDAY, GRAINS, HOUR_S, WEEK_S, period_end, period_start, ranges, scope
 from doodlestats.results import Field, iso
 from doodlestats.storage import join, to_delta_uri
 from doodlestats.tables import MINUTE_STATS, MINUTE_UIDS, Tables
 
-__all__ = ["GRAINS", "FIELDS", "ROLLUP_SCHEMA", "RollupResult", "GrainReport", "RollupError", "Rollups",
-           "json_schema", "period_start", "period_end", "period_col", "parse_time", "table_name", "main"]
+__all__ = ["MODES", "FIELDS", "ROLLUP_SCHEMA", "RollupResult", "GrainReport", "RollupError", "Rollups",
+           "json_schema", "period_col", "table_name"]
 
 _log = logger(__name__)
 
-GRAINS = ("hour", "day", "week", "month", "year")
 MODES = ("exact", "approx")
 _TS = pa.timestamp("us", tz="UTC")
-_HOUR, _DAY, _WEEK = 3600, 86_400, 604_800
-_MONDAY = 345_600            # 1970-01-05T00:00:00Z, the first Monday after the epoch
 _LG_K_BYTE = 3               # offset of lgConfigK in a serialized DataSketches HLL sketch
 _MAX_RANGES = 256            # more period ranges than this: one range + a period filter
 _PERIOD_PATTERN = "^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:00:00Z$"
@@ -89,106 +84,6 @@ _PERIOD_PATTERN = "^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:00:00Z$"
 def table_name(grain: str) -> str:
     """``rollup_<grain>``, the Delta table of a grain below the Delta root."""
     return f"rollup_{grain}"
-
-
-# ---------------------------------------------------------------------- periods (pure)
-def period_start(epoch: int, grain: str) -> int:
-    """Epoch seconds of the start of the UTC period of ``grain`` holding ``epoch``.
-
-    >>> iso(period_start(1468244384, "hour")), iso(period_start(1468244384, "day"))
-    ('2016-07-11T13:00:00Z', '2016-07-11T00:00:00Z')
-    >>> iso(period_start(1468244384, "week"))      # a Monday: ISO weeks
-    '2016-07-11T00:00:00Z'
-    >>> iso(period_start(1468800000, "week")), iso(period_start(1468244384, "month"))
-    ('2016-07-18T00:00:00Z', '2016-07-01T00:00:00Z')
-    >>> iso(period_start(1468244384, "year"))
-    '2016-01-01T00:00:00Z'
-    """
-    epoch = int(epoch)
-    if grain == "hour":
-        return epoch - epoch % _HOUR
-    if grain == "day":
-        return epoch - epoch % _DAY
-    if grain == "week":
-        return epoch - (epoch - _MONDAY) % _WEEK
-    d = dt.datetime.fromtimestamp(epoch, dt.timezone.utc)
-    if grain == "month":
-        return calendar.timegm((d.year, d.month, 1, 0, 0, 0))
-    if grain == "year":
-        return calendar.timegm((d.year, 1, 1, 0, 0, 0))
-    raise ValueError(f"grain must be one of {', '.join(GRAINS)}, got {grain!r}")
-
-
-def period_end(start: int, grain: str) -> int:
-    """End (exclusive) of the period starting at ``start``.
-
-    >>> iso(period_end(period_start(1454284800, "month"), "month"))   # February 2016: 29 days
-    '2016-03-01T00:00:00Z'
-    >>> iso(period_end(1483228800, "year"))
-    '2018-01-01T00:00:00Z'
-    """
-    if grain in ("hour", "day", "week"):
-        return start + {"hour": _HOUR, "day": _DAY, "week": _WEEK}[grain]
-    d = dt.datetime.fromtimestamp(start, dt.timezone.utc)
-    if grain == "month":
-        y, m = (d.year + 1, 1) if d.month == 12 else (d.year, d.month + 1)
-        return calendar.timegm((y, m, 1, 0, 0, 0))
-    if grain == "year":
-        return calendar.timegm((d.year + 1, 1, 1, 0, 0, 0))
-    raise ValueError(f"grain must be one of {', '.join(GRAINS)}, got {grain!r}")
-
-
-def parse_time(text: str) -> int:
-    """Epoch seconds of an ISO-8601 date or date-time (UTC unless it has an offset) or of
-    epoch seconds.
-
-    >>> parse_time("2016-07-11"), parse_time("2016-07-11T13:40:00Z"), parse_time("1468244400")
-    (1468195200, 1468244400, 1468244400)
-    >>> parse_time("2016-07-11 15:40+02:00")
-    1468244400
-    """
-    s = text.strip()
-    if re.fullmatch(r"[0-9]+(\.[0-9]+)?", s):
-        return int(float(s))
-    try:
-        if re.fullmatch(r"[0-9]{4}-[0-9]{2}-[0-9]{2}", s):
-            d = dt.datetime.fromisoformat(s).replace(tzinfo=dt.timezone.utc)
-        else:
-            d = dt.datetime.fromisoformat(s[:-1] + "+00:00" if s[-1:] in "zZ" and s else s)
-            if d.tzinfo is None:
-                d = d.replace(tzinfo=dt.timezone.utc)
-    except ValueError:
-        raise ValueError(f"expected an ISO-8601 date or date-time (2016-07-11, 2016-07-11T13:00:00Z) "
-                         f"or epoch seconds, got {text!r}") from None
-    return int(d.timestamp())
-
-
-def scope(grain: str, lo: int | None, hi: int | None) -> tuple[int | None, int | None]:
-    """The whole periods of ``grain`` that overlap ``[lo, hi)`` as one ``[start, end)``
-    range (``None``: unbounded).
-
-    >>> [iso(x) for x in scope("day", parse_time("2016-07-11T13:00Z"), parse_time("2016-07-12T00:00:01Z"))]
-    ['2016-07-11T00:00:00Z', '2016-07-13T00:00:00Z']
-    """
-    a = period_start(lo, grain) if lo is not None else None
-    b = period_end(period_start(hi - 1, grain), grain) if hi is not None else None
-    return a, b
-
-
-def ranges(starts: Iterable[int], grain: str) -> list[tuple[int, int]]:
-    """Adjacent periods merged into ``[start, end)`` ranges.
-
-    >>> ranges([7200, 0, 3600, 14400], "hour")
-    [(0, 10800), (14400, 18000)]
-    """
-    out: list[list[int]] = []
-    for s in sorted(set(starts)):
-        e = period_end(s, grain)
-        if out and out[-1][1] == s:
-            out[-1][1] = e
-        else:
-            out.append([s, e])
-    return [(a, b) for a, b in out]
 
 
 # ---------------------------------------------------------------------- output shape
@@ -287,14 +182,14 @@ def period_col(c, grain: str):
     Arithmetic on epoch seconds and ``date_from_unix_date``: independent of the session time zone."""
     from pyspark.sql import functions as F
     if grain == "hour":
-        return c - F.pmod(c, F.lit(_HOUR))
+        return c - F.pmod(c, F.lit(HOUR_S))
     if grain == "day":
-        return c - F.pmod(c, F.lit(_DAY))
+        return c - F.pmod(c, F.lit(DAY_S))
     if grain == "week":
-        return c - F.pmod(c - F.lit(_MONDAY), F.lit(_WEEK))
+        return c - F.pmod(c - F.lit(FIRST_MONDAY), F.lit(WEEK_S))
     if grain in ("month", "year"):
-        day = F.date_from_unix_date(((c - F.pmod(c, F.lit(_DAY))) / F.lit(_DAY)).cast("int"))
-        return F.unix_date(F.trunc(day, grain)).cast("bigint") * F.lit(_DAY)
+        day = F.date_from_unix_date(((c - F.pmod(c, F.lit(DAY_S))) / F.lit(DAY_S)).cast("int"))
+        return F.unix_date(F.trunc(day, grain)).cast("bigint") * F.lit(DAY_S)
     raise ValueError(f"grain must be one of {', '.join(GRAINS)}, got {grain!r}")
 
 
@@ -581,146 +476,6 @@ class Rollups:
             rt.create_write_transaction([], mode="append", schema=ROLLUP_SCHEMA, partition_by=None,
                                         commit_properties=props)
         return deleted
-
-
-# ---------------------------------------------------------------------- command line
-PROG = "rollups"
-_USAGE_EXAMPLES = """\
-examples:
-  ./spark-submit.sh jobs/rollups.py --grain day --print
-  ./spark-submit.sh jobs/rollups.py --grain all                          # hour, day, week, month, year
-  ./spark-submit.sh jobs/rollups.py --grain week --mode approx --from 2016-07-01 --to 2016-08-01 --print
-  ./spark-submit.sh jobs/rollups.py --grain day --output-topic dayStats  # publish (key = period_start)
-  ./spark-submit.sh jobs/rollups.py --grain hour --full                  # recompute every period
-
-Periods are UTC; weeks are ISO weeks (Monday 00:00 UTC). --from/--to select the whole
-periods overlapping [FROM, TO). Without --full only the periods whose minutes changed
-since the last run are recomputed (the first run computes all). --print and
---output-topic emit the periods this run recomputed (absolute values), one JSON
-object per line / message (schema: schemas/rollup.schema.json).
-"""
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):  # one line, exit status 2
-        self.exit(2, f"{PROG}: error: {message} (see --help)\n")
-
-
-def build_parser() -> argparse.ArgumentParser:
-    ap = _Parser(prog="jobs/rollups.py", description="Unique users per UTC hour, day, ISO week, month or year, "
-                 "rolled up from the minute tables in Delta (a true union of users, never a sum), into "
-                 "rollup_<grain> tables below the Delta root.", epilog=_USAGE_EXAMPLES,
-                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--grain", default="day", metavar="GRAIN[,GRAIN...]",
-                    help=f"{' | '.join(GRAINS)} | all, or a comma-separated list (default: day)")
-    ap.add_argument("--from", dest="from_", metavar="WHEN",
-                    help="first instant: ISO-8601 date or date-time (UTC unless an offset is given) or epoch seconds")
-    ap.add_argument("--to", metavar="WHEN", help="end instant (exclusive), same forms as --from")
-    ap.add_argument("--mode", choices=MODES, help="exact (minute_uids) or approx (HLL sketches) ([job] mode)")
-    ap.add_argument("--rsd", type=float,
-                    help="approx: precision of sketches built for minutes that have none ([job] rsd)")
-    ap.add_argument("--full", action="store_true", help="recompute every period in range, not only changed ones")
-    ap.add_argument("--delta-path", help="root of the Delta tables ([paths] delta); a path or a URI")
-    ap.add_argument("--conf-file", help="configuration file (default conf/doodle.toml)")
-    ap.add_argument("--print", action="store_true",
-                    help="write the recomputed periods to stdout, one JSON object per line")
-    ap.add_argument("--output-topic", metavar="TOPIC",
-                    help="also publish the recomputed periods to this Kafka topic (e.g. dayStats)")
-    ap.add_argument("--bootstrap-servers", help="Kafka bootstrap servers ([kafka] bootstrap_servers)")
-    return ap
-
-
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    ap = build_parser()
-    args = ap.parse_args(argv)
-    names = [g.strip() for g in args.grain.split(",") if g.strip()]
-    if names == ["all"]:
-        names = list(GRAINS)
-    bad = [g for g in names if g not in GRAINS]
-    if not names or bad:
-        ap.error(f"argument --grain: invalid choice {(bad or [args.grain])[0]!r} "
-                 f"(choose from {', '.join(GRAINS)}, all)")
-    args.grains = [g for g in GRAINS if g in names]
-    for flag, attr in (("--from", "from_"), ("--to", "to")):
-        v = getattr(args, attr)
-        if v is not None:
-            try:
-                setattr(args, attr, parse_time(v))
-            except ValueError as e:
-                ap.error(f"argument {flag}: {e}")
-    if args.from_ is not None and args.to is not None and args.from_ >= args.to:
-        ap.error(f"--from ({iso(args.from_)}) must be before --to ({iso(args.to)})")
-    if args.output_topic is not None and not args.output_topic.strip():
-        ap.error("argument --output-topic: empty topic name")
-    if args.output_topic and len(args.grains) > 1:
-        ap.error("--output-topic takes one --grain (the message key is period_start, which grains share)")
-    return args
-
-
-def main(argv: list[str] | None = None) -> int:
-    from doodlestats.session import register_driver
-    register_driver()
-    args = parse_args(argv)
-    from doodlestats.config import ConfigError, load_config
-    from doodlestats.storage import StorageError, delta_storage_options
-
-    def fail(msg: str, code: int = 2) -> int:
-        _log.error(f"{PROG}: error: {msg}")
-        return code
-    try:
-        cfg = load_config(args.conf_file, {"job.mode": args.mode, "job.rsd": args.rsd, "paths.delta": args.delta_path,
-                                           "kafka.bootstrap_servers": args.bootstrap_servers})
-        delta = str(cfg.path("delta"))
-        opts = delta_storage_options(delta, cfg)
-    except (ConfigError, StorageError) as e:
-        return fail(str(e))
-    from deltalake import DeltaTable
-    try:
-        found = DeltaTable.is_deltatable(to_delta_uri(join(Tables(delta, PROG).root, MINUTE_STATS)),
-                                         storage_options=opts or None)
-    except Exception as e:  # noqa: BLE001 - unreachable store, bad URI: one line
-        return fail(f"cannot read {delta}: {str(e).splitlines()[0] if str(e) else type(e).__name__}")
-    if not found:
-        return fail(f"no minute_stats table below {delta} — run jobs/minute_stats.py first, or pass --delta-path")
-    publisher = None
-    if args.output_topic:
-        from doodlestats.kafka import KafkaUnavailable, check_kafka, client_settings, ensure_topic
-        from doodlestats.publish import KafkaPublisher
-        try:
-            check_kafka(cfg, need_input=False)
-            ensure_topic(cfg, args.output_topic, 1)
-        except KafkaUnavailable as e:
-            return fail(str(e))
-        publisher = KafkaPublisher(cfg.kafka.bootstrap_servers, args.output_topic, client_settings(cfg))
-
-    def emit(results: list[RollupResult]) -> None:
-        if args.print:
-            sys.stdout.write("".join(r.to_bytes().decode() + "\n" for r in results))
-            sys.stdout.flush()
-        if publisher is not None:
-            publisher.publish((r.key.encode(), r.to_bytes()) for r in results)
-
-    from doodlestats.publish import PublishError
-    from doodlestats.session import get_spark, require_connectors
-    from doodlestats.storage import configure_spark
-    require_connectors(kafka=False, prog=PROG)
-    spark = get_spark(PROG, cfg)
-    try:
-        configure_spark(spark, cfg, outputs=[delta])
-        roll = Rollups(spark, delta, opts, rsd=cfg.job.rsd)
-        rng = "" if args.from_ is None and args.to is None else \
-            f" | range [{iso(args.from_) if args.from_ is not None else '-'}, " \
-            f"{iso(args.to) if args.to is not None else '-'})"
-        _log.info(f"{PROG}: {', '.join(args.grains)} from {delta} | mode {cfg.job.mode}{rng}"
-                  f"{' | full' if args.full else ''}")
-        reports = [roll.run(g, cfg.job.mode, args.from_, args.to, args.full, emit=emit) for g in args.grains]
-        _log.info(f"{PROG}: done — {sum(len(r.recomputed) for r in reports):,} period(s) recomputed, "
-                  f"{sum(r.skipped for r in reports):,} skipped in {sum(r.seconds for r in reports):.1f}s")
-    except (RollupError, PublishError) as e:
-        return fail(str(e), 1)
-    finally:
-        spark.stop()
-    return 0
 
 
 if __name__ == "__main__":  # regenerate schemas/rollup.schema.json

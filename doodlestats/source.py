@@ -22,7 +22,6 @@ Example::
 
 from __future__ import annotations
 
-import datetime as dt
 import gzip
 import json
 import sys
@@ -30,8 +29,9 @@ from dataclasses import dataclass, field
 
 from doodlestats.kafka import client_settings, spark_kafka_options
 from doodlestats.logs import logger
+from doodlestats.periods import parse_time
 
-__all__ = ["Chunk", "file_chunks", "read_ranges", "splittable", "kafka_chunks", "spool_stdin", "parse_time"]
+__all__ = ["Chunk", "file_chunks", "read_ranges", "splittable", "kafka_chunks", "spool_stdin"]
 
 _log = logger(__name__)
 
@@ -64,20 +64,6 @@ class Chunk:
                 .option("kafka.max.partition.fetch.bytes", str(4 << 20))  # see jobs/minute_stats.py FETCH_BYTES
                 .load()
                 .transform(source_columns))
-
-
-def parse_time(text: str) -> int:
-    """Epoch seconds from ``1468244400``, ``2016-07-11``, ``2016-07-11T13:40:00Z`` (UTC if no zone)."""
-    text = str(text).strip()
-    if text.lstrip("-").isdigit():
-        return int(text)
-    try:
-        t = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        raise ValueError(f"not a time: {text!r} (use epoch seconds or ISO-8601, e.g. 2016-07-11T13:40:00Z)") from None
-    if t.tzinfo is None:
-        t = t.replace(tzinfo=dt.timezone.utc)
-    return int(t.timestamp())
 
 
 # ---------------------------------------------------------------- files

@@ -80,7 +80,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         if getattr(args, name) <= 0:
             ap.error(f"--{name.replace('_', '-')} must be positive")
     if args.topic:
-        from doodlestats.source import parse_time
+        from doodlestats.periods import parse_time
         for flag, v in (("--from", args.start), ("--to", args.end)):
             if v not in ("earliest", "latest"):
                 try:

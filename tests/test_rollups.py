@@ -128,7 +128,7 @@ def _got(results) -> dict[int, tuple[int, int]]:
 def test_periods_match_an_independent_calendar():
     import random
 
-    from doodlestats.rollups import period_end, period_start
+    from doodlestats.periods import period_end, period_start
     rng = random.Random(5)
     samples = [rng.randrange(0, 4_102_444_800) for _ in range(3000)] + \
               [START, B_START, calendar.timegm((2016, 2, 29, 23, 59, 59)), calendar.timegm((2018, 1, 1, 0, 0, 0)) - 1]
@@ -149,7 +149,7 @@ def test_periods_match_an_independent_calendar():
     ("1514773800", calendar.timegm((2018, 1, 1, 2, 30, 0))),
 ])
 def test_times_are_iso_or_epoch_seconds(text, want):
-    from doodlestats.rollups import parse_time
+    from doodlestats.periods import parse_time
     assert parse_time(text) == want
 
 
