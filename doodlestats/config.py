@@ -22,6 +22,8 @@ from typing import Any, Mapping
 
 from doodlestats.storage import is_uri
 
+__all__ = ["REPO_ROOT", "DEFAULT_CONF", "ConfigError", "KafkaConf", "JobConf", "GuardConf", "PathsConf", "SparkConf",
+           "StorageConf", "QuarantineConf", "Config", "load_config"]
 
 def _repo_root() -> Path:
     """The project folder: $DOODLE_HOME, else the folder holding this package (when it is

@@ -13,11 +13,13 @@ JSON parser); the spark path only approximates the contract (e.g. it accepts a f
 
 from __future__ import annotations
 
-from pyspark.sql import Column, DataFrame
+from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from doodlestats import reasons
+
+__all__ = ["PARSED_TYPE", "PARSERS", "register_jvm_parser", "parse_frames"]
 
 PARSED_TYPE = "struct<ts:bigint,uid:string,reason:string>"
 PARSERS = ("jvm", "python", "spark")
@@ -75,8 +77,3 @@ def parse_frames(df: DataFrame, parser: str = "jvm") -> DataFrame:
     out = {"jvm": _jvm, "python": _python, "spark": _spark}[parser](df)
     return out.selectExpr(*[f"`{c}`" for c in df.columns if c not in ("ts", "uid", "reason")],
                           "_p.ts AS ts", "_p.uid AS uid", "_p.reason AS reason")
-
-
-def minute_of(ts: Column) -> Column:
-    """Epoch seconds of the start of the UTC minute containing ``ts`` (epoch seconds)."""
-    return ts - F.pmod(ts, F.lit(60))

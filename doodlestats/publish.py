@@ -1,8 +1,8 @@
-"""A small, generic Kafka publisher: (key, value) messages to one topic, all delivered or an error.
+"""The one Kafka producer of the jobs: (key, value) messages to one topic, all delivered or an error.
 
-The same producer settings as :class:`doodlestats.sinks.KafkaSink` (idempotent producer,
-``acks=all``), for outputs that are not minute results — e.g. the rollups' period
-results (``jobs/rollups.py --output-topic dayStats``)::
+An idempotent producer with ``acks=all``: the stream's ``minuteStats`` sink
+(:class:`doodlestats.sinks.KafkaSink`) and the rollups' period results
+(``jobs/rollups.py --output-topic dayStats``) both publish through it::
 
     pub = KafkaPublisher("127.0.0.1:9092", "dayStats")
     pub.publish([(b"2016-07-11T00:00:00Z", b'{"unique_users": 812, ...}')])   # raises if undelivered
@@ -24,13 +24,18 @@ class PublishError(RuntimeError):
 
 class KafkaPublisher:
     """Publishes (key, value) byte pairs to ``topic``; :meth:`publish` returns once all are
-    acknowledged, or raises :class:`PublishError`."""
+    acknowledged, or raises :class:`PublishError`.
 
-    def __init__(self, bootstrap: str, topic: str, client_conf: dict | None = None, timeout_s: float = 30.0):
+    ``patience_s``: how long a message may wait for a broker that went away — librdkafka
+    keeps retrying the idempotent producer's messages that long (nothing duplicated or
+    reordered) before :meth:`publish` gives up."""
+
+    def __init__(self, bootstrap: str, topic: str, client_conf: dict | None = None, patience_s: float = 30.0):
         from confluent_kafka import Producer
-        self.topic, self.timeout_s = topic, timeout_s
+        self.topic, self.patience_s = topic, patience_s
         self.producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5, "acks": "all",
-                                  "enable.idempotence": True, **(client_conf or {})})
+                                  "enable.idempotence": True, "message.timeout.ms": int(patience_s * 1000),
+                                  **(client_conf or {})})
 
     def publish(self, messages: Iterable[tuple[bytes, bytes]]) -> int:
         """Produce every message, wait for delivery; returns how many were delivered."""
@@ -42,12 +47,12 @@ class KafkaPublisher:
                     self.producer.produce(self.topic, value, key,
                                           on_delivery=lambda err, _m: errors.append(str(err)) if err else None)
                     break
-                except BufferError:  # local queue full: let deliveries drain, then retry
+                except BufferError:  # local queue full (or the broker away): let deliveries drain, retry
                     self.producer.poll(0.5)
             n += 1
             self.producer.poll(0)
-        left = self.producer.flush(self.timeout_s)
+        left = self.producer.flush(self.patience_s + 10)
         if left or errors:
-            raise PublishError(f"publishing to {self.topic} failed: "
-                               f"{errors[0] if errors else f'{left} message(s) undelivered after {self.timeout_s:g}s'}")
+            why = errors[0] if errors else f"{left} message(s) undelivered after {self.patience_s:g}s"
+            raise PublishError(f"publishing to {self.topic} failed: {why}")
         return n

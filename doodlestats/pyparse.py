@@ -26,6 +26,8 @@ import orjson
 from doodlestats.reasons import BAD_TS, BAD_UID, MALFORMED_JSON, MISSING_TS, MISSING_UID
 from doodlestats.reference import MAX_DEPTH, reference_parse
 
+__all__ = ["TS_MAX", "parse_frame", "parse_batch"]
+
 TS_MAX = 253402300799
 
 Result = tuple[int | None, str | None, str | None]

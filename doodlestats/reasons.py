@@ -5,6 +5,9 @@ these codes. The codes are part of the product's contract (README, docs/semantic
 progress line); the JVM fast parser emits the first five with the same spelling.
 """
 
+__all__ = ["MALFORMED_JSON", "MISSING_UID", "MISSING_TS", "BAD_UID", "BAD_TS", "TS_OUTLIER", "LATE", "PARSE_REASONS",
+           "ALL_REASONS"]
+
 MALFORMED_JSON = "malformed_json"  # not a JSON document, or its root is not an object
 MISSING_UID = "missing_uid"        # no root-level "uid"
 MISSING_TS = "missing_ts"          # no root-level "ts"

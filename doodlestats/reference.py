@@ -1,5 +1,7 @@
 """The reference frame parser: the definition of what a good frame is.
 
+__all__ = ["MAX_DEPTH", "load_schema", "load_frame", "reference_parse"]
+
 ``reference_parse(raw) -> (ts, uid, reason)`` is slow and obviously correct; the JVM fast
 parser (``java/``, ``doodle.udf.FrameParser``) and the pure-Python fast path
 (:mod:`doodlestats.pyparse`) are tested to return exactly the same triple for every input.

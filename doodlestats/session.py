@@ -22,6 +22,10 @@ from pathlib import Path
 
 from doodlestats.config import REPO_ROOT, Config
 
+__all__ = ["SPARK_JARS", "STORAGE_JARS", "UDF_JAR", "CONF_DIR", "PLAIN_DEFAULTS", "CONNECTORS", "local_jars",
+           "get_spark", "require_connectors", "plain_conf_text", "write_plain_conf", "has_fast_parser",
+           "register_jvm_function", "register_driver", "route_stderr_past_spark_submit"]
+
 SPARK_JARS = REPO_ROOT / ".deps" / "spark-jars"
 #: Hadoop's S3A file system and the AWS SDK modules it uses (maven/storage-jars.pom.xml)
 STORAGE_JARS = REPO_ROOT / ".deps" / "storage-jars"

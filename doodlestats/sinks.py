@@ -21,6 +21,7 @@ from __future__ import annotations
 import sys
 from typing import Protocol
 
+from doodlestats.publish import KafkaPublisher, PublishError
 from doodlestats.results import PROVISIONAL, MinuteResult, rows_table
 from doodlestats.tables import Tables
 
@@ -37,37 +38,23 @@ class PublishTimeout(RuntimeError):
 
 
 class KafkaSink:
-    """Publishes minute results to the output topic: key = window_start, value = JSON.
+    """Publishes minute results to the output topic: key = window_start, value = JSON
+    (through :class:`doodlestats.publish.KafkaPublisher`).
 
-    ``patience_s``: how long a write waits for a broker that went away — librdkafka keeps
-    retrying the idempotent producer's messages that long (nothing duplicated or
-    reordered) before the write raises :class:`PublishTimeout`. ``on_delivered`` is called
-    after every fully delivered write."""
+    ``patience_s``: how long a write waits for a broker that went away before it raises
+    :class:`PublishTimeout`. ``on_delivered`` is called after every fully delivered write."""
 
     def __init__(self, bootstrap: str, topic: str, client_conf: dict | None = None, patience_s: float = 30,
                  on_delivered=None):
-        from confluent_kafka import Producer
         self.topic, self.patience_s, self.on_delivered = topic, patience_s, on_delivered
-        self.producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5, "acks": "all",
-                                  "enable.idempotence": True, "message.timeout.ms": int(patience_s * 1000),
-                                  **(client_conf or {})})
-        self.errors: list[str] = []
+        self.publisher = KafkaPublisher(bootstrap, topic, client_conf, patience_s)
 
     def write(self, results, batch_id):
-        for r in results:
-            while True:
-                try:
-                    self.producer.produce(self.topic, r.to_bytes(), r.key.encode(),
-                                          on_delivery=lambda err, _m: err and self.errors.append(str(err)))
-                    break
-                except BufferError:  # local queue full while the broker is away
-                    self.producer.poll(1.0)
-        left = self.producer.flush(self.patience_s + 10)
-        if left or self.errors:
-            err = self.errors[0] if self.errors else f"{left} undelivered"
-            self.errors = []
+        try:
+            self.publisher.publish((r.key.encode(), r.to_bytes()) for r in results)
+        except PublishError as e:
             raise PublishTimeout(f"results of batch {batch_id} not delivered to {self.topic} within "
-                                 f"{self.patience_s:g}s ({err})")
+                                 f"{self.patience_s:g}s ({str(e).split(' failed: ', 1)[-1]})") from None
         if self.on_delivered is not None:
             self.on_delivered()
 

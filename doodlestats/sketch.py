@@ -13,6 +13,8 @@ from __future__ import annotations
 import pyarrow as pa
 from datasketches import hll_sketch, hll_union, tgt_hll_type
 
+__all__ = ["TYPE", "build", "union", "estimate"]
+
 TYPE = tgt_hll_type.HLL_8  # what Spark's hll_sketch_agg and hll_union_agg produce
 
 

@@ -26,6 +26,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, replace
 
+from doodlestats.storage import local_path
 from doodlestats.window import is_final
 
 __all__ = ["JobState", "StateStore", "LocalFS", "Gap", "find_gaps"]
@@ -164,19 +165,11 @@ def fs_for(location: str, spark=None):
     return _Names(spark)
 
 
-def local_path(location: str) -> str:
-    if location.startswith("file://"):
-        return location[len("file://"):]
-    if location.startswith("file:"):
-        return location[len("file:"):]
-    return os.path.abspath(location)
-
-
 class StateStore:
     def __init__(self, checkpoint: str, fs=None, spark=None):
         checkpoint = str(checkpoint).rstrip("/")
         self.fs = fs or fs_for(checkpoint, spark)
-        base = local_path(checkpoint) if isinstance(self.fs, LocalFS) else checkpoint
+        base = os.path.abspath(local_path(checkpoint)) if isinstance(self.fs, LocalFS) else checkpoint
         self.dir = f"{base}/{STATE_DIR}"
 
     def _file(self, batch_id: int) -> str:

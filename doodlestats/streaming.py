@@ -166,7 +166,7 @@ def patient_kafka_sink(cfg, watch: BrokerWatch):
     conf = {**client_settings(cfg), "error_cb": watch.on_error, "log_level": 2, "log.connection.close": False}
     sink = KafkaSink(cfg.kafka.bootstrap_servers, cfg.kafka.output_topic, conf, patience_s=BROKER_PATIENCE_S,
                      on_delivered=watch.back)
-    watch.producer = sink.producer
+    watch.producer = sink.publisher.producer
     return sink
 
 

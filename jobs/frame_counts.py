@@ -50,8 +50,9 @@ def main(argv: list[str] | None = None) -> int:
     from pyspark.sql import functions as F
 
     from doodlestats.kafka import KafkaUnavailable, check_kafka, spark_kafka_options
-    from doodlestats.parse import minute_of, parse_frames
+    from doodlestats.parse import parse_frames
     from doodlestats.session import get_spark, require_connectors
+    from doodlestats.window import minute_col
     require_connectors(prog="frame_counts")  # one line, not a stack trace, if a jar is missing
     try:  # no broker, refused credentials, missing topic: one line before Spark starts
         check_kafka(cfg, need_input=True)
@@ -62,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     raw = (spark.read.format("kafka").options(**spark_kafka_options(cfg))
            .option("subscribe", cfg.kafka.input_topic).load())
     counts = (parse_frames(raw, args.parser).where(F.col("reason").isNull())
-              .groupBy(minute_of(F.col("ts")).alias("minute")).agg(F.count(F.lit(1)).alias("frames")))
+              .groupBy(minute_col(F.col("ts")).alias("minute")).agg(F.count(F.lit(1)).alias("frames")))
     counts.write.format("delta").mode("overwrite").save(args.delta_path)
     for r in spark.read.format("delta").load(args.delta_path).orderBy("minute").collect():
         print(json.dumps({"minute": r["minute"], "frames": r["frames"]}))
