@@ -25,7 +25,7 @@ import orjson
 import pyarrow as pa
 
 __all__ = ["PROVISIONAL", "FINAL", "CORRECTED", "STATUSES", "FIELDS", "MINUTE_STATS_SCHEMA",
-           "MinuteResult", "json_schema", "iso"]
+           "Field", "Published", "MinuteResult", "json_schema", "object_schema", "rows_table", "iso", "now_iso_ms"]
 
 PROVISIONAL, FINAL, CORRECTED = "provisional", "final", "corrected"
 STATUSES = (PROVISIONAL, FINAL, CORRECTED)
@@ -112,8 +112,33 @@ def now_iso_ms(now: float) -> str:
     return t.strftime("%Y-%m-%dT%H:%M:%S.") + f"{t.microsecond // 1000:03d}Z"
 
 
+class Published:
+    """What a published value does with its fields: JSON (``--print``, Kafka) and the
+    stored columns. A subclass names its field definitions (``_fields``) and gives every
+    field's Python value (``_values``); datetimes are rendered as ISO-8601 UTC."""
+
+    _fields: tuple[Field, ...] = ()
+
+    def _values(self) -> dict:
+        raise NotImplementedError
+
+    def _json_value(self, name: str, v):
+        return v.strftime("%Y-%m-%dT%H:%M:%SZ") if isinstance(v, dt.datetime) else v
+
+    def to_json(self) -> dict:
+        return {name: self._json_value(name, v) for name, v in self._values().items() if v is not None}
+
+    def to_bytes(self) -> bytes:
+        return orjson.dumps(self.to_json())
+
+    def _stored(self) -> dict:
+        """The values of the fields that are table columns."""
+        values = self._values()
+        return {f.name: values[f.name] for f in self._fields if f.stored}
+
+
 @dataclass(frozen=True)
-class MinuteResult:
+class MinuteResult(Published):
     minute: int            # epoch seconds of the minute start
     unique_users: int
     frames: int
@@ -122,6 +147,7 @@ class MinuteResult:
     rsd: float | None
     emitted_at: float      # unix time, seconds
     hll: bytes | None = None
+    _fields = FIELDS
 
     @property
     def key(self) -> str:
@@ -138,24 +164,12 @@ class MinuteResult:
                 "ts_str": dt.datetime.fromtimestamp(self.minute, utc).strftime("%Y-%m-%d %H:%M:%S"),
                 "count": self.unique_users}
 
-    def to_json(self) -> dict:
-        out = {}
-        for name, v in self._values().items():
-            if v is None:
-                continue
-            if name == "emitted_at":
-                v = now_iso_ms(self.emitted_at)
-            elif isinstance(v, dt.datetime):
-                v = v.strftime("%Y-%m-%dT%H:%M:%SZ")
-            out[name] = v
-        return out
-
-    def to_bytes(self) -> bytes:
-        return orjson.dumps(self.to_json())
+    def _json_value(self, name: str, v):
+        return now_iso_ms(self.emitted_at) if name == "emitted_at" else super()._json_value(name, v)
 
     def to_row(self, batch_id: int) -> dict:
         """A row of the ``minute_stats`` table (:data:`MINUTE_STATS_SCHEMA`)."""
-        v = {f.name: val for f, val in zip(FIELDS, self._values().values()) if f.stored}
+        v = self._stored()
         return {**v, "date": v["window_start"].date(), "batch_id": batch_id, "hll": self.hll}
 
 

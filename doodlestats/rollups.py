@@ -57,14 +57,13 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
-import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from doodlestats.counting import hll_lg_k, hll_rsd
 from doodlestats.logs import logger
 from doodlestats.periods import DAY_S, FIRST_MONDAY, GRAINS, HOUR_S, WEEK_S, period_end, period_start, ranges, scope
-from doodlestats.results import Field, iso
+from doodlestats.results import Field, Published, iso
 from doodlestats.storage import join, to_delta_uri
 from doodlestats.tables import MINUTE_STATS, MINUTE_UIDS, Tables
 
@@ -132,7 +131,7 @@ def json_schema() -> dict:
 
 
 @dataclass(frozen=True)
-class RollupResult:
+class RollupResult(Published):
     grain: str
     start: int             # epoch seconds of period_start
     unique_users: int
@@ -140,6 +139,7 @@ class RollupResult:
     mode: str
     rsd: float | None
     minutes: int = 0
+    _fields = FIELDS
 
     @property
     def end(self) -> int:
@@ -158,20 +158,9 @@ class RollupResult:
                 "rsd": self.rsd if self.mode == "approx" else None, "ts": self.start,
                 "ts_str": start.strftime("%Y-%m-%d %H:%M:%S"), "count": self.unique_users}
 
-    def to_json(self) -> dict:
-        out = {}
-        for name, v in self._values().items():
-            if v is None:
-                continue
-            out[name] = v.strftime("%Y-%m-%dT%H:%M:%SZ") if isinstance(v, dt.datetime) else v
-        return out
-
-    def to_bytes(self) -> bytes:
-        return orjson.dumps(self.to_json())
-
     def to_row(self, source_version: int, computed_at: float) -> dict:
         """A row of a rollup table (:data:`ROLLUP_SCHEMA`)."""
-        v = {f.name: val for f, val in zip(FIELDS, self._values().values()) if f.stored}
+        v = self._stored()
         return {**v, "minutes": self.minutes, "source_version": source_version,
                 "computed_at": dt.datetime.fromtimestamp(computed_at, dt.timezone.utc)}
 
