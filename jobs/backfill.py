@@ -37,6 +37,7 @@ try:
 except ImportError:  # plain spark-submit from a clone: make the package importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from doodlestats import cli  # noqa: E402
 from doodlestats.config import ConfigError, load_config  # noqa: E402
 from doodlestats.logs import logger  # noqa: E402
 
@@ -46,8 +47,7 @@ _log = logger(PROG)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(prog="jobs/backfill.py", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = cli.ArgumentParser(prog="jobs/backfill.py", description=__doc__)
     src = ap.add_argument_group("input (one of)")
     src.add_argument("--input", action="append", metavar="PATH",
                      help="file, folder or glob of JSONL / .gz (repeatable; a URI works), or - for stdin")
@@ -199,38 +199,39 @@ def run_chunks(spark, cfg, args, chunks, unit: str, delta: str, checkpoint: str,
             "quarantined": dict(totals.quarantined)}, indent=1))
 
 
-def main(argv: list[str] | None = None) -> int:
-    from doodlestats.session import register_driver, require_connectors
-    register_driver()
-    args = parse_args(argv)
+def body(args) -> int:
+    from doodlestats.kafka import KafkaUnavailable, check_kafka
+    from doodlestats.session import require_connectors
+    from doodlestats.storage import join
     overrides = {"kafka.bootstrap_servers": args.bootstrap_servers, "job.parser": args.parser, "job.rsd": args.rsd,
                  "job.mode": "exact", "paths.delta": args.delta_path}
-    from doodlestats.kafka import KafkaUnavailable, check_kafka
     try:
         cfg = load_config(args.conf_file, overrides)
         require_connectors(kafka=bool(args.topic), prog=PROG)
         if args.topic:  # before Spark: refused credentials/certificate or no broker, in one line
             check_kafka(cfg, need_input=False)
     except (ConfigError, KafkaUnavailable) as e:
-        _log.error(f"{PROG}: error: {e}")
-        return 2
-    from doodlestats.storage import join
+        raise cli.JobError(str(e)) from None
     delta = str(cfg.path("delta"))
     rid = run_id(args, delta)
     checkpoint = args.checkpoint or join(str(cfg.path("checkpoint")), "backfill", rid)
     spark, cfg = open_spark(args, cfg, overrides, delta, checkpoint)
     try:
-        chunks, unit = plan_chunks(spark, cfg, args, checkpoint, rid)
-    except (FileNotFoundError, ValueError) as e:
-        _log.error(f"{PROG}: error: {e}")
+        try:
+            chunks, unit = plan_chunks(spark, cfg, args, checkpoint, rid)
+        except (FileNotFoundError, ValueError) as e:  # no such input, no such topic
+            raise cli.JobError(str(e)) from None
+        if chunks is None:
+            _log.info(f"{PROG}: stdin was empty, nothing to do")
+            return cli.OK
+        run_chunks(spark, cfg, args, chunks, unit, delta, checkpoint, rid)
+    finally:
         spark.stop()
-        return 2
-    if chunks is None:
-        _log.info(f"{PROG}: stdin was empty, nothing to do")
-        return 0
-    run_chunks(spark, cfg, args, chunks, unit, delta, checkpoint, rid)
-    spark.stop()
-    return 0
+    return cli.OK
+
+
+def main(argv: list[str] | None = None) -> int:
+    return cli.run(PROG, parse_args, body, argv)
 
 
 if __name__ == "__main__":

@@ -46,6 +46,7 @@ try:
 except ImportError:  # plain spark-submit from a clone: make the package importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from doodlestats import cli  # noqa: E402
 from doodlestats.config import ConfigError, load_config  # noqa: E402
 from doodlestats.logs import logger  # noqa: E402
 from doodlestats.storage import is_uri  # noqa: E402
@@ -54,8 +55,7 @@ _log = logger("minute_stats")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(prog="jobs/minute_stats.py", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = cli.ArgumentParser(prog="jobs/minute_stats.py", description=__doc__)
     src = ap.add_argument_group("input")
     src.add_argument("--source", choices=["kafka", "files"], default="kafka", help="default: kafka")
     src.add_argument("--bootstrap-servers", help="Kafka bootstrap servers ([kafka] bootstrap_servers)")
@@ -119,13 +119,6 @@ def print_table(rows: list[dict]) -> None:
     sys.stdout.flush()
 
 
-def fail(msg, spark=None) -> int:
-    _log.error(f"minute_stats: error: {msg}")
-    if spark is not None:
-        spark.stop()
-    return 2
-
-
 def check_offsets(cfg, args, checkpoint: str, spark=None):
     """The retention check of a Kafka source, run before the stream (None for files);
     raises DataLoss when frames were deleted unread and ``on_data_loss`` is ``fail``."""
@@ -184,10 +177,7 @@ def build_pipeline(spark, cfg, args, offset_check):
     return pipeline, watch, progress
 
 
-def main(argv: list[str] | None = None) -> int:
-    from doodlestats.session import register_driver
-    register_driver()
-    args = parse_args(argv)
+def body(args) -> int:
     from doodlestats.kafka import KafkaUnavailable, check_kafka, ensure_topic
     from doodlestats.offsets import DataLoss
     try:
@@ -197,12 +187,20 @@ def main(argv: list[str] | None = None) -> int:
         local = not is_uri(str(cfg.path("checkpoint")))
         offset_check = check_offsets(cfg, args, str(cfg.path("checkpoint"))) if local else None  # before Spark
     except (ConfigError, KafkaUnavailable, DataLoss) as e:
-        return fail(e)
+        raise cli.JobError(str(e)) from None
     spark, cfg = open_spark(cfg, args)
     try:
-        offset_check = offset_check if local else check_offsets(cfg, args, str(cfg.path("checkpoint")), spark)
-    except DataLoss as e:
-        return fail(e, spark)
+        try:
+            offset_check = offset_check if local else check_offsets(cfg, args, str(cfg.path("checkpoint")), spark)
+        except DataLoss as e:
+            raise cli.JobError(str(e)) from None
+        return stream(spark, cfg, args, offset_check)
+    finally:
+        spark.stop()
+
+
+def stream(spark, cfg, args, offset_check) -> int:
+    """The stream until it ends or stops; then the final flush, the metrics, the table."""
     from doodlestats import streaming
     started = time.time()
     pipeline, watch, progress = build_pipeline(spark, cfg, args, offset_check)
@@ -216,8 +214,11 @@ def main(argv: list[str] | None = None) -> int:
         write_metrics(args.metrics_file, progress, cfg, started, offset_check, watch)
     if code == 0 and args.table:
         print_table(pipeline.minute_table())
-    spark.stop()
     return code
+
+
+def main(argv: list[str] | None = None) -> int:
+    return cli.run("minute_stats", parse_args, body, argv)
 
 
 if __name__ == "__main__":

@@ -43,6 +43,7 @@ try:
 except ImportError:  # plain spark-submit from a clone: make the package importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from doodlestats import cli  # noqa: E402
 from doodlestats.logs import logger  # noqa: E402
 
 PROG = "quarantine_purge"
@@ -51,14 +52,8 @@ _log = logger(PROG)
 
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):  # one line, exit status 2
-        self.exit(2, f"{PROG}: error: {message} (see --help)\n")
-
-
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    ap = _Parser(prog="jobs/quarantine_purge.py", description=__doc__,
-                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = cli.ArgumentParser(prog="jobs/quarantine_purge.py", description=__doc__)
     ap.add_argument("--days", type=int, metavar="N",
                     help="delete rows quarantined more than N days before today, UTC "
                          "(default [quarantine] retention_days; 0 = keep forever)")
@@ -100,20 +95,8 @@ def _retry(what: str, fn):
             time.sleep(0.5 * attempt)
 
 
-class PurgeError(Exception):
-    """One line for the user, and the exit status."""
-
-    def __init__(self, msg: str, code: int = 2):
-        super().__init__(msg)
-        self.code = code
-
-
-def _first_line(e: Exception) -> str:
-    return str(e).splitlines()[0] if str(e) else type(e).__name__
-
-
 def open_quarantine(args):
-    """(the quarantine's delta-rs handle, its URI, retention days); raises PurgeError."""
+    """(the quarantine's delta-rs handle, its URI, retention days); raises cli.JobError."""
     from deltalake import DeltaTable
 
     from doodlestats.config import ConfigError, load_config
@@ -124,24 +107,24 @@ def open_quarantine(args):
         delta = str(cfg.path("delta"))
         opts = delta_storage_options(delta, cfg)
     except (ConfigError, StorageError) as e:
-        raise PurgeError(str(e)) from None
+        raise cli.JobError(str(e)) from None
     days = cfg.quarantine.retention_days if args.days is None else args.days
     uri = to_delta_uri(Tables(delta, PROG).path(QUARANTINE))
     if days == 0:
         return None, uri, 0
     try:
         if not DeltaTable.is_deltatable(uri, storage_options=opts or None):
-            raise PurgeError(f"no quarantine table at {uri} — wrong --delta-path, or the job has not run yet")
+            raise cli.JobError(f"no quarantine table at {uri} — wrong --delta-path, or the job has not run yet")
         return DeltaTable(uri, storage_options=opts or None), uri, days
-    except PurgeError:
+    except cli.JobError:
         raise
     except Exception as e:  # noqa: BLE001 - unreachable store, bad URI: one line
-        raise PurgeError(f"cannot read {uri}: {_first_line(e)}") from None
+        raise cli.JobError(f"cannot read {uri}: {cli.first_line(e)}") from None
 
 
 def purge(table, uri: str, days: int, cutoff, old: dict) -> tuple[list[str], list[str]]:
     """Delete the rows of the ``old`` days and vacuum their files and the staged files of
-    failed batches; (files removed, staged files removed). Raises PurgeError."""
+    failed batches; (files removed, staged files removed). Raises cli.JobError."""
     from deltalake import CommitProperties
     files = [f for _, fs in old.values() for f in fs]
     try:
@@ -157,52 +140,49 @@ def purge(table, uri: str, days: int, cutoff, old: dict) -> tuple[list[str], lis
                                                             dry_run=False))
             left = sorted(set(files) - set(removed))
             if left:
-                raise PurgeError(f"{len(left)} file(s) of deleted rows are still in {uri} after the vacuum "
+                raise cli.JobError(f"{len(left)} file(s) of deleted rows are still in {uri} after the vacuum "
                                  f"(e.g. {left[0]}) — run the purge again", 1)
         # staged files of batches that died before their commit: never in the table, and
         # raw frames all the same; gone once older than the retention
         orphans = _retry("vacuum", lambda: table.vacuum(retention_hours=days * 24, enforce_retention_duration=False,
                                                         dry_run=False, full=True))
-    except PurgeError:
+    except cli.JobError:
         raise
     except Exception as e:  # noqa: BLE001 - one line, not a stack trace
-        raise PurgeError(f"purging {uri} failed: {_first_line(e)}", 1) from None
+        raise cli.JobError(f"purging {uri} failed: {cli.first_line(e)}", cli.FAILED) from None
     return removed, orphans
 
 
-def main(argv: list[str] | None = None) -> int:
-    from doodlestats.session import register_driver
-    register_driver()
-    args = parse_args(argv)
+def body(args) -> int:
     t0 = time.time()
-    try:
-        table, uri, days = open_quarantine(args)
-        if table is None:
-            _log.info(f"{PROG}: retention 0 days: the quarantine is kept forever — nothing deleted "
-                      "(set [quarantine] retention_days or --days N)")
-            return 0
-        cutoff = dt.datetime.now(dt.timezone.utc).date() - dt.timedelta(days=days)
-        per_date = rows_per_date(table)
-        old = {d: v for d, v in sorted(per_date.items()) if d is not None and d < cutoff}
-        rows, span = sum(n for n, _ in old.values()), (f"{min(old)} … {max(old)}" if old else "-")
-        files = sum(len(fs) for _, fs in old.values())
-        _log.info(f"{PROG}: {uri} (version {table.version()}) | retention {days} day(s): rows quarantined "
-                  f"before {cutoff} go | {rows:,} row(s) of {len(old)} day(s) ({span}) in {files:,} file(s)")
-        if args.dry_run:
-            for d, (n, fs) in old.items():
-                print(f"{d}  {n:>12,} rows  {len(fs):>6,} files  would be deleted")
-            print(f"dry run: {rows:,} row(s) of {len(old)} day(s) would be deleted; "
-                  f"{sum(n for n, _ in per_date.values()) - rows:,} kept")
-            return 0
-        removed, orphans = purge(table, uri, days, cutoff, old)
-    except PurgeError as e:
-        _log.error(f"{PROG}: error: {e}")
-        return e.code
+    table, uri, days = open_quarantine(args)
+    if table is None:
+        _log.info(f"{PROG}: retention 0 days: the quarantine is kept forever — nothing deleted "
+                  "(set [quarantine] retention_days or --days N)")
+        return cli.OK
+    cutoff = dt.datetime.now(dt.timezone.utc).date() - dt.timedelta(days=days)
+    per_date = rows_per_date(table)
+    old = {d: v for d, v in sorted(per_date.items()) if d is not None and d < cutoff}
+    rows, span = sum(n for n, _ in old.values()), (f"{min(old)} … {max(old)}" if old else "-")
+    files = sum(len(fs) for _, fs in old.values())
+    _log.info(f"{PROG}: {uri} (version {table.version()}) | retention {days} day(s): rows quarantined "
+              f"before {cutoff} go | {rows:,} row(s) of {len(old)} day(s) ({span}) in {files:,} file(s)")
+    if args.dry_run:
+        for d, (n, fs) in old.items():
+            print(f"{d}  {n:>12,} rows  {len(fs):>6,} files  would be deleted")
+        print(f"dry run: {rows:,} row(s) of {len(old)} day(s) would be deleted; "
+              f"{sum(n for n, _ in per_date.values()) - rows:,} kept")
+        return cli.OK
+    removed, orphans = purge(table, uri, days, cutoff, old)
     table.update_incremental()
     _log.info(f"{PROG}: done: deleted {rows:,} row(s) of {len(old)} day(s) ({span}), {len(removed):,} file(s) "
               f"removed from storage; {len(orphans):,} staged file(s) of failed batches removed; "
               f"table version {table.version()} | {time.time() - t0:.1f}s")
-    return 0
+    return cli.OK
+
+
+def main(argv: list[str] | None = None) -> int:
+    return cli.run(PROG, parse_args, body, argv)
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ try:
 except ImportError:  # plain spark-submit from a clone: make the package importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from doodlestats import cli  # noqa: E402
 from doodlestats.logs import logger  # noqa: E402
 from doodlestats.periods import GRAINS, parse_time  # noqa: E402
 from doodlestats.results import iso  # noqa: E402
@@ -46,16 +47,11 @@ object per line / message (schema: schemas/rollup.schema.json).
 """
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):  # one line, exit status 2
-        self.exit(2, f"{PROG}: error: {message} (see --help)\n")
-
-
 def build_parser() -> argparse.ArgumentParser:
-    ap = _Parser(prog="jobs/rollups.py", description="Unique users per UTC hour, day, ISO week, month or year, "
-                 "rolled up from the minute tables in Delta (a true union of users, never a sum), into "
-                 "rollup_<grain> tables below the Delta root.", epilog=_USAGE_EXAMPLES,
-                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = cli.ArgumentParser(
+        prog="jobs/rollups.py", epilog=_USAGE_EXAMPLES,
+        description="Unique users per UTC hour, day, ISO week, month or year, rolled up from the minute tables "
+                    "in Delta (a true union of users, never a sum), into rollup_<grain> tables below the Delta root.")
     ap.add_argument("--grain", default="day", metavar="GRAIN[,GRAIN...]",
                     help=f"{' | '.join(GRAINS)} | all, or a comma-separated list (default: day)")
     ap.add_argument("--from", dest="from_", metavar="WHEN",
@@ -102,14 +98,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-class JobError(Exception):
-    """One line for the user, and the exit status."""
-
-    def __init__(self, message: str, code: int = 2):
-        super().__init__(message)
-        self.code = code
-
-
 def open_delta(args):
     """(config, Delta root, storage options) — a one-line error unless ``minute_stats`` is there."""
     from deltalake import DeltaTable
@@ -123,14 +111,15 @@ def open_delta(args):
         delta = str(cfg.path("delta"))
         opts = delta_storage_options(delta, cfg)
     except (ConfigError, StorageError) as e:
-        raise JobError(str(e)) from None
+        raise cli.JobError(str(e)) from None
     try:
         found = DeltaTable.is_deltatable(to_delta_uri(join(Tables(delta, PROG).root, MINUTE_STATS)),
                                          storage_options=opts or None)
     except Exception as e:  # noqa: BLE001 - unreachable store, bad URI: one line
-        raise JobError(f"cannot read {delta}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+        raise cli.JobError(f"cannot read {delta}: {cli.first_line(e)}") from None
     if not found:
-        raise JobError(f"no minute_stats table below {delta} — run jobs/minute_stats.py first, or pass --delta-path")
+        raise cli.JobError(f"no minute_stats table below {delta} — run jobs/minute_stats.py first, "
+                           "or pass --delta-path")
     return cfg, delta, opts
 
 
@@ -144,7 +133,7 @@ def emitter(args, cfg):
             check_kafka(cfg, need_input=False)
             ensure_topic(cfg, args.output_topic, 1)
         except KafkaUnavailable as e:
-            raise JobError(str(e)) from None
+            raise cli.JobError(str(e)) from None
         publisher = KafkaPublisher(cfg.kafka.bootstrap_servers, args.output_topic, client_settings(cfg))
 
     def emit(results: list[RollupResult]) -> None:
@@ -175,22 +164,19 @@ def run(args, cfg, delta: str, opts: dict, emit) -> None:
         _log.info(f"{PROG}: done — {sum(len(r.recomputed) for r in reports):,} period(s) recomputed, "
                   f"{sum(r.skipped for r in reports):,} skipped in {sum(r.seconds for r in reports):.1f}s")
     except (RollupError, PublishError) as e:
-        raise JobError(str(e), 1) from None
+        raise cli.JobError(str(e), cli.FAILED) from None
     finally:
         spark.stop()
 
 
+def body(args) -> int:
+    cfg, delta, opts = open_delta(args)
+    run(args, cfg, delta, opts, emitter(args, cfg))
+    return cli.OK
+
+
 def main(argv: list[str] | None = None) -> int:
-    from doodlestats.session import register_driver
-    register_driver()
-    args = parse_args(argv)
-    try:
-        cfg, delta, opts = open_delta(args)
-        run(args, cfg, delta, opts, emitter(args, cfg))
-    except JobError as e:
-        _log.error(f"{PROG}: error: {e}")
-        return e.code
-    return 0
+    return cli.run(PROG, parse_args, body, argv)
 
 
 if __name__ == "__main__":
