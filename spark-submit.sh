@@ -98,8 +98,8 @@ flag_value() {  # the value of a spark-submit flag given as `--flag value` or `-
 # the jars (the same list in-process sessions and the plain form's conf/spark use)
 read -r master driver_mem jars < <("$VENV/bin/python" - "$ROOT" <<'PY'
 import sys; sys.path.insert(0, sys.argv[1])
-from doodlestats.config import load_config
-from doodlestats.session import local_jars
+from doodlestats.runtime.config import load_config
+from doodlestats.runtime.session import local_jars
 c = load_config()
 print(c.spark.master, c.spark.driver_memory, ",".join(map(str, local_jars())))
 PY

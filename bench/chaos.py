@@ -118,7 +118,7 @@ def own_broker(cfg) -> Iterator[bool]:
     """:func:`bench.common.broker` (use the broker that answers, else start the embedded
     one and stop it at the end); a broker on another address than conf/doodle.toml's keeps
     its data and PID file in ``bench/.work/kafka-<port>/``, apart from `make kafka-up`'s."""
-    from doodlestats.config import load_config
+    from doodlestats.runtime.config import load_config
     if cfg.kafka.bootstrap_servers != load_config(DEFAULT_CONF).kafka.bootstrap_servers and \
             "DOODLE_KAFKA_DIR" not in os.environ:
         os.environ["DOODLE_KAFKA_DIR"] = str(WORK_DIR / f"kafka-{cfg.kafka.port}")
@@ -150,7 +150,7 @@ def checkpoint_progress(checkpoint: Path) -> dict:
     """Batch ids in a job's checkpoint: ``planned`` (Spark's offset log: the batch being or
     last processed), ``committed`` (Spark's commit log) and ``state`` (the pipeline's
     state files, written after the batch's Delta commits); -1 where there is none."""
-    from doodlestats.state import StateStore
+    from doodlestats.io.state import StateStore
 
     def ids(d: Path) -> list[int]:
         try:
@@ -305,7 +305,7 @@ class RunSpace:
 
     @classmethod
     def new(cls, conf: Path, prefix: str, work: Path) -> "RunSpace":
-        from doodlestats.config import load_config
+        from doodlestats.runtime.config import load_config
         from tools.kafka_local import ensure_topic
         cfg = load_config(conf)
         stamp = time.strftime("%Y%m%d%H%M%S")
@@ -879,7 +879,7 @@ def main(argv=None) -> int:
         ap.error("--kills must be >= 1 and --rate > 0")
     if bool(args.input) != bool(args.truth):
         ap.error("--input and --truth go together")
-    from doodlestats.config import load_config
+    from doodlestats.runtime.config import load_config
     conf = conf_for(args)
     cfg = load_config(conf)
     machine, code = machine_info(), code_state()

@@ -177,7 +177,7 @@ def read_lines(path: Path, limit: int | None = None) -> list[bytes]:
 # --------------------------------------------------------------------------- Kafka
 def load_cfg(bootstrap: str | None = None):
     """The project configuration, with an optional bootstrap override."""
-    from doodlestats.config import load_config
+    from doodlestats.runtime.config import load_config
     return load_config(None, {"kafka.bootstrap_servers": bootstrap})
 
 

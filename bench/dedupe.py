@@ -1,5 +1,5 @@
 """Exact-mode dedup, measured: Spark's state store (A) against the anti-join with
-``minute_uids`` (B, what :class:`doodlestats.counting.ExactCounter` does).
+``minute_uids`` (B, what :class:`doodlestats.batch.counting.ExactCounter` does).
 
 The question (the project's issue): a micro-batch's distinct ``(minute, uid)`` pairs,
 deduplicated against the uids the minute already has — which is cheaper per
@@ -23,7 +23,7 @@ A' ``state_store_changelog``: A with RocksDB changelog checkpointing
    are made in the background. The state store at its cheapest setting per batch.
 A'+w ``state_store_write``: A', and ``foreachBatch`` writes the new pairs to
    ``minute_uids`` as the job must (the rollups read that table):
-   ``doodlestats.staging.write_staged`` + ``Tables.commit_files``, the same calls
+   ``doodlestats.batch.staging.write_staged`` + ``Tables.commit_files``, the same calls
    ``ExactCounter`` makes; the new users per minute come from the written files'
    metadata. This is what the state store would cost in the job.
 B  ``anti_join``: the same files, one per batch, as ``spark.read.parquet`` →
@@ -189,9 +189,9 @@ class StateStoreRun:
     def __init__(self, spark, name: str, work: Path, changelog: bool, write: bool = False):
         from pyspark.sql import functions as F
 
-        from doodlestats.staging import write_staged
-        from doodlestats.tables import MINUTE_UIDS, Tables
-        from doodlestats.window import minute_col
+        from doodlestats.batch.staging import write_staged
+        from doodlestats.batch.window import minute_col
+        from doodlestats.io.tables import MINUTE_UIDS, Tables
         self.spark, self.name = spark, name
         self.tables = None
         if write:  # the job must write minute_uids anyway (the rollups read it)
@@ -295,8 +295,8 @@ class AntiJoinRun:
     """Variant B: ExactCounter.partials + commit_files on a fresh set of Delta tables."""
 
     def __init__(self, spark, work: Path, tag_prefix: str):
-        from doodlestats.counting import ExactCounter
-        from doodlestats.tables import Tables
+        from doodlestats.batch.counting import ExactCounter
+        from doodlestats.io.tables import Tables
         self.spark, self.tag_prefix = spark, tag_prefix
         self.root = work / "b_delta"
         self.tables = Tables(str(self.root), "bench")
@@ -308,9 +308,9 @@ class AntiJoinRun:
     def step(self, f: Path, touched: list[int]) -> dict:
         from pyspark.sql import functions as F
 
-        from doodlestats.state import JobState
-        from doodlestats.tables import MINUTE_UIDS
-        from doodlestats.window import minute_col
+        from doodlestats.batch.window import minute_col
+        from doodlestats.io.state import JobState
+        from doodlestats.io.tables import MINUTE_UIDS
         k = self.k
         sc = self.spark.sparkContext
         st = JobState(batch_id=k - 1, versions=self.versions)
@@ -339,7 +339,7 @@ class AntiJoinRun:
 
 def check_minute_uids(label: str, tables, root: Path, want_pairs: int, want: dict[int, int]) -> dict:
     """``minute_uids`` holds exactly the distinct pairs; its size on disk."""
-    from doodlestats.tables import MINUTE_UIDS
+    from doodlestats.io.tables import MINUTE_UIDS
     t = tables.read(MINUTE_UIDS, columns=["minute", "uid"])
     g = t.group_by("minute").aggregate([("uid", "count"), ("uid", "count_distinct")])
     per = {m: (n, d) for m, n, d in zip(*(g.column(c).to_pylist()
@@ -547,9 +547,9 @@ def table(summary: dict) -> str:
 
 # --------------------------------------------------------------------------- main
 def session(event_dir: Path | None):
-    from doodlestats.config import load_config
-    from doodlestats.pipeline import SPARK_SETTINGS
-    from doodlestats.session import get_spark
+    from doodlestats.batch.pipeline import SPARK_SETTINGS
+    from doodlestats.runtime.config import load_config
+    from doodlestats.runtime.session import get_spark
     extra = {
         "spark.sql.streaming.stateStore.providerClass":
             "org.apache.spark.sql.execution.streaming.state.RocksDBStateStoreProvider",

@@ -104,7 +104,7 @@ def write_conf(path: Path, port: int, **overrides) -> Path:
 def own_broker(port: int, work: Path) -> Iterator[tuple[object, Path]]:
     """An embedded broker of this run only, on 127.0.0.1:``port``, in a fresh run folder;
     yields (config, conf file). Stopped at the end by the PID it was started with."""
-    from doodlestats.config import load_config
+    from doodlestats.runtime.config import load_config
     from tools import kafka_local
     from tools._proc import port_open
     for p in (port, port + 1):

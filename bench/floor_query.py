@@ -38,7 +38,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from doodlestats.streaming import process_cpu  # noqa: E402
+from doodlestats.runtime.streaming import process_cpu  # noqa: E402
 
 #: how long to wait after the query for the last batch's jobs to reach the status store
 STATUS_SETTLE_S = 1.0

@@ -36,7 +36,7 @@ def consume(bootstrap: str, topic: str, out=sys.stdout) -> dict:
     """Consume ``topic`` to its end; print minute counts the old way; return metrics."""
     from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
 
-    from doodlestats.results import iso
+    from doodlestats.batch.results import iso
     t_start = time.time()
     c = Consumer({"bootstrap.servers": bootstrap, "group.id": "bench-old-consumer",
                   "enable.auto.commit": False, "enable.partition.eof": True,

@@ -158,7 +158,7 @@ def paths(spark):
     """name → function(df with a binary ``value``) → DataFrame with ``ts``, ``uid``."""
     from pyspark.sql import functions as F
 
-    from doodlestats.parse import parse_frames
+    from doodlestats.batch.parse import parse_frames
     s = F.col("value").cast("string")
 
     def from_json(df):
@@ -260,14 +260,14 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def main(argv=None) -> int:
-    from doodlestats.session import register_driver
+    from doodlestats.runtime.session import register_driver
     register_driver()  # PID for ./spark-submit.sh's SIGTERM forwarding; stderr past spark-submit
     args = parse_args(argv)
     if not Path(args.input).exists():
         log(f"parsers: error: input not found: {args.input}")
         return 2
     from bench.common import load_cfg
-    from doodlestats.session import get_spark
+    from doodlestats.runtime.session import get_spark
     spark = get_spark("bench_parsers", load_cfg(), {"spark.sql.variant.allowDuplicateKeys": "true"})
     spark.conf.set("spark.sql.variant.allowDuplicateKeys", "true")
     only = [s.strip() for s in args.only.split(",")] if args.only else None

@@ -54,13 +54,13 @@ def count_topic(spark, bootstrap: str, topic: str, options: dict | None = None) 
 
 
 def main(argv=None) -> int:
-    from doodlestats.session import register_driver
+    from doodlestats.runtime.session import register_driver
     register_driver()  # PID for ./spark-submit.sh's SIGTERM forwarding; stderr past spark-submit
     args = parse_args(argv)
     from bench.common import load_cfg, require_broker
     cfg = load_cfg(args.bootstrap_servers)
     require_broker(cfg, "read_ceiling")
-    from doodlestats.session import get_spark
+    from doodlestats.runtime.session import get_spark
     spark = get_spark("bench_read_ceiling", cfg)
     options = dict(o.split("=", 1) for o in args.option)
     runs = []

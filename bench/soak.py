@@ -639,7 +639,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     if args.rate <= 0 or args.duration <= 0:
         ap.error("--rate and --duration must be > 0")
-    from doodlestats.config import load_config
+    from doodlestats.runtime.config import load_config
     conf = conf_for(args)
     machine, code = machine_info(), code_state()
     try:

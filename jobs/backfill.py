@@ -37,9 +37,9 @@ try:
 except ImportError:  # plain spark-submit from a clone: make the package importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from doodlestats import cli  # noqa: E402
-from doodlestats.config import ConfigError, load_config  # noqa: E402
-from doodlestats.logs import logger  # noqa: E402
+from doodlestats.runtime import cli  # noqa: E402
+from doodlestats.runtime.config import ConfigError, load_config  # noqa: E402
+from doodlestats.runtime.logs import logger  # noqa: E402
 
 PROG = "backfill"
 _log = logger(PROG)
@@ -80,7 +80,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         if getattr(args, name) <= 0:
             ap.error(f"--{name.replace('_', '-')} must be positive")
     if args.topic:
-        from doodlestats.periods import parse_time
+        from doodlestats.history.periods import parse_time
         for flag, v in (("--from", args.start), ("--to", args.end)):
             if v not in ("earliest", "latest"):
                 try:
@@ -131,8 +131,9 @@ class Progress:
 def stdin_inputs(spark, cfg, checkpoint: str, rid: str) -> list[str]:
     """stdin spooled to local files (and copied next to the checkpoint when that is a URI:
     executors elsewhere cannot see the driver's disk)."""
-    from doodlestats import source
-    from doodlestats.storage import HadoopFS, is_uri, join
+    from doodlestats.io import source
+    from doodlestats.io.storage import HadoopFS
+    from doodlestats.io.uris import is_uri, join
     local = os.path.join(str(cfg.path("checkpoint")) if not is_uri(checkpoint) else "/tmp", "backfill-stdin", rid)
     inputs = source.spool_stdin(local)
     if not is_uri(checkpoint):
@@ -147,7 +148,7 @@ def stdin_inputs(spark, cfg, checkpoint: str, rid: str) -> list[str]:
 
 def plan_chunks(spark, cfg, args, checkpoint: str, rid: str):
     """(chunks, unit) of the input: a Kafka range, files, or stdin (None if stdin was empty)."""
-    from doodlestats import source
+    from doodlestats.io import source
     if args.topic:
         return source.kafka_chunks(cfg, args.topic, args.start, args.end, args.chunk, args.chunk_frames), "frames"
     inputs = stdin_inputs(spark, cfg, checkpoint, rid) if args.input == ["-"] else args.input
@@ -159,8 +160,8 @@ def plan_chunks(spark, cfg, args, checkpoint: str, rid: str):
 def open_spark(args, cfg, overrides: dict, delta: str, checkpoint: str):
     """The session (object-store settings included) and the config, falling back to the
     Python parser when the JVM one is not on the classpath."""
-    from doodlestats.session import get_spark, has_fast_parser
-    from doodlestats.storage import configure_spark
+    from doodlestats.io.storage import configure_spark
+    from doodlestats.runtime.session import get_spark, has_fast_parser
     spark = get_spark("backfill", cfg)
     configure_spark(spark, cfg, checkpoint=checkpoint, outputs=[delta])
     if cfg.job.parser == "jvm" and not has_fast_parser(spark):
@@ -171,10 +172,10 @@ def open_spark(args, cfg, overrides: dict, delta: str, checkpoint: str):
 
 def run_chunks(spark, cfg, args, chunks, unit: str, delta: str, checkpoint: str, rid: str) -> None:
     """Every chunk not done yet through the pipeline, then the open minutes as final."""
-    from doodlestats.pipeline import MinuteStatsPipeline
-    from doodlestats.progress import Progress as Totals
-    from doodlestats.sinks import StdoutSink
-    from doodlestats.storage import delta_storage_options
+    from doodlestats.batch.pipeline import MinuteStatsPipeline
+    from doodlestats.batch.progress import Progress as Totals
+    from doodlestats.io.sinks import StdoutSink
+    from doodlestats.io.storage import delta_storage_options
     totals = Totals(show=False)
     pipeline = MinuteStatsPipeline(spark, cfg, checkpoint, delta, sinks=[StdoutSink()] if args.print else [],
                                    storage_options=delta_storage_options(delta, cfg),
@@ -200,9 +201,9 @@ def run_chunks(spark, cfg, args, chunks, unit: str, delta: str, checkpoint: str,
 
 
 def body(args) -> int:
-    from doodlestats.kafka import KafkaUnavailable, check_kafka
-    from doodlestats.session import require_connectors
-    from doodlestats.storage import join
+    from doodlestats.io.kafka import KafkaUnavailable, check_kafka
+    from doodlestats.io.uris import join
+    from doodlestats.runtime.session import require_connectors
     overrides = {"kafka.bootstrap_servers": args.bootstrap_servers, "job.parser": args.parser, "job.rsd": args.rsd,
                  "job.mode": "exact", "paths.delta": args.delta_path}
     try:

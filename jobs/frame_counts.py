@@ -23,14 +23,14 @@ try:
 except ImportError:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from doodlestats.config import ConfigError, load_config  # noqa: E402
-from doodlestats.logs import logger  # noqa: E402
+from doodlestats.runtime.config import ConfigError, load_config  # noqa: E402
+from doodlestats.runtime.logs import logger  # noqa: E402
 
 _log = logger("frame_counts")
 
 
 def main(argv: list[str] | None = None) -> int:
-    from doodlestats.session import register_driver
+    from doodlestats.runtime.session import register_driver
     register_driver()
     ap = argparse.ArgumentParser(prog="jobs/frame_counts.py", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -49,10 +49,10 @@ def main(argv: list[str] | None = None) -> int:
 
     from pyspark.sql import functions as F
 
-    from doodlestats.kafka import KafkaUnavailable, check_kafka, spark_kafka_options
-    from doodlestats.parse import parse_frames
-    from doodlestats.session import get_spark, require_connectors
-    from doodlestats.window import minute_col
+    from doodlestats.batch.parse import parse_frames
+    from doodlestats.batch.window import minute_col
+    from doodlestats.io.kafka import KafkaUnavailable, check_kafka, spark_kafka_options
+    from doodlestats.runtime.session import get_spark, require_connectors
     require_connectors(prog="frame_counts")  # one line, not a stack trace, if a jar is missing
     try:  # no broker, refused credentials, missing topic: one line before Spark starts
         check_kafka(cfg, need_input=True)

@@ -19,7 +19,7 @@ current micro-batch. Settings come from ``conf/doodle.toml``; flags override the
 
 Reliability:
 
-* A broker that goes away is waited for, up to 5 min (``doodlestats.streaming``): Spark's
+* A broker that goes away is waited for, up to 5 min (``doodlestats.runtime.streaming``): Spark's
   Kafka clients retry their offset look-ups and fetches that long, the ``minuteStats``
   publisher keeps its results until they are delivered, and one line says when the broker
   went away and when it came back. Longer, the job stops with one line and exit status 75
@@ -46,10 +46,10 @@ try:
 except ImportError:  # plain spark-submit from a clone: make the package importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from doodlestats import cli  # noqa: E402
-from doodlestats.config import ConfigError, load_config  # noqa: E402
-from doodlestats.logs import logger  # noqa: E402
-from doodlestats.storage import is_uri  # noqa: E402
+from doodlestats.io.uris import is_uri  # noqa: E402
+from doodlestats.runtime import cli  # noqa: E402
+from doodlestats.runtime.config import ConfigError, load_config  # noqa: E402
+from doodlestats.runtime.logs import logger  # noqa: E402
 
 _log = logger("minute_stats")
 
@@ -122,8 +122,8 @@ def print_table(rows: list[dict]) -> None:
 def check_offsets(cfg, args, checkpoint: str, spark=None):
     """The retention check of a Kafka source, run before the stream (None for files);
     raises DataLoss when frames were deleted unread and ``on_data_loss`` is ``fail``."""
-    from doodlestats.offsets import OffsetCheck, kafka_earliest
-    from doodlestats.state import StateStore
+    from doodlestats.io.offsets import OffsetCheck, kafka_earliest
+    from doodlestats.io.state import StateStore
     if args.source != "kafka":
         return None
     check = OffsetCheck(kafka_earliest(cfg, cfg.kafka.input_topic), cfg.job.on_data_loss)
@@ -134,8 +134,8 @@ def check_offsets(cfg, args, checkpoint: str, spark=None):
 def open_spark(cfg, args):
     """The session (object-store settings included) and the config, falling back to the
     Python parser when the JVM one is not on the classpath."""
-    from doodlestats.session import get_spark, has_fast_parser, require_connectors
-    from doodlestats.storage import configure_spark
+    from doodlestats.io.storage import configure_spark
+    from doodlestats.runtime.session import get_spark, has_fast_parser, require_connectors
     require_connectors(kafka=args.source == "kafka", prog="minute_stats")  # one line, not a stack trace
     spark = get_spark("minute_stats", cfg)
     if cfg.job.parser == "jvm" and not has_fast_parser(spark):
@@ -147,7 +147,7 @@ def open_spark(cfg, args):
 
 
 def write_metrics(path: str, progress, cfg, started: float, offset_check, watch) -> None:
-    from doodlestats.streaming import process_cpu
+    from doodlestats.runtime.streaming import process_cpu
     Path(path).write_text(json.dumps({
         **progress.totals, **process_cpu(), "query_seconds": round(time.time() - started, 3), "mode": cfg.job.mode,
         "parser": cfg.job.parser, "quarantined": dict(progress.quarantined), "per_batch": progress.batches,
@@ -157,12 +157,12 @@ def write_metrics(path: str, progress, cfg, started: float, offset_check, watch)
 def build_pipeline(spark, cfg, args, offset_check):
     """The pipeline with its sinks (the patient minuteStats publisher, stdout) and progress;
     warmed up when the job runs live."""
-    from doodlestats import streaming
-    from doodlestats.pipeline import MinuteStatsPipeline
-    from doodlestats.progress import Progress
-    from doodlestats.sinks import StdoutSink
-    from doodlestats.storage import delta_storage_options
-    from doodlestats.warmup import warm_up
+    from doodlestats.batch.pipeline import MinuteStatsPipeline
+    from doodlestats.batch.progress import Progress
+    from doodlestats.batch.warmup import warm_up
+    from doodlestats.io.sinks import StdoutSink
+    from doodlestats.io.storage import delta_storage_options
+    from doodlestats.runtime import streaming
     checkpoint, delta = str(cfg.path("checkpoint")), str(cfg.path("delta"))
     watch, progress = streaming.BrokerWatch(cfg.kafka.bootstrap_servers), Progress()
     sinks = [streaming.patient_kafka_sink(cfg, watch)] + ([StdoutSink()] if args.print else [])
@@ -178,8 +178,8 @@ def build_pipeline(spark, cfg, args, offset_check):
 
 
 def body(args) -> int:
-    from doodlestats.kafka import KafkaUnavailable, check_kafka, ensure_topic
-    from doodlestats.offsets import DataLoss
+    from doodlestats.io.kafka import KafkaUnavailable, check_kafka, ensure_topic
+    from doodlestats.io.offsets import DataLoss
     try:
         cfg = build_config(args)
         check_kafka(cfg, need_input=args.source == "kafka")
@@ -201,7 +201,7 @@ def body(args) -> int:
 
 def stream(spark, cfg, args, offset_check) -> int:
     """The stream until it ends or stops; then the final flush, the metrics, the table."""
-    from doodlestats import streaming
+    from doodlestats.runtime import streaming
     started = time.time()
     pipeline, watch, progress = build_pipeline(spark, cfg, args, offset_check)
     checkpoint = str(cfg.path("checkpoint"))

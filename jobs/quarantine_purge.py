@@ -43,8 +43,8 @@ try:
 except ImportError:  # plain spark-submit from a clone: make the package importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from doodlestats import cli  # noqa: E402
-from doodlestats.logs import logger  # noqa: E402
+from doodlestats.runtime import cli  # noqa: E402
+from doodlestats.runtime.logs import logger  # noqa: E402
 
 PROG = "quarantine_purge"
 COMMIT_ATTEMPTS = 5
@@ -99,9 +99,10 @@ def open_quarantine(args):
     """(the quarantine's delta-rs handle, its URI, retention days); raises cli.JobError."""
     from deltalake import DeltaTable
 
-    from doodlestats.config import ConfigError, load_config
-    from doodlestats.storage import StorageError, delta_storage_options, to_delta_uri
-    from doodlestats.tables import QUARANTINE, Tables
+    from doodlestats.io.storage import delta_storage_options
+    from doodlestats.io.tables import QUARANTINE, Tables
+    from doodlestats.io.uris import StorageError, to_delta_uri
+    from doodlestats.runtime.config import ConfigError, load_config
     try:
         cfg = load_config(args.conf_file, {"paths.delta": args.delta_path})
         delta = str(cfg.path("delta"))

@@ -2,7 +2,7 @@
 
 A true union of each period's users (exact: ``minute_uids``; approx: the minutes' HLL
 sketches), written into ``rollup_<grain>`` Delta tables below the Delta root; the logic
-is :mod:`doodlestats.rollups`, the periods :mod:`doodlestats.periods`.
+is :mod:`doodlestats.history.rollups`, the periods :mod:`doodlestats.history.periods`.
 
     ./spark-submit.sh jobs/rollups.py --grain day --print
     ./spark-submit.sh jobs/rollups.py --grain all
@@ -23,11 +23,11 @@ try:
 except ImportError:  # plain spark-submit from a clone: make the package importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from doodlestats import cli  # noqa: E402
-from doodlestats.logs import logger  # noqa: E402
-from doodlestats.periods import GRAINS, parse_time  # noqa: E402
-from doodlestats.results import iso  # noqa: E402
-from doodlestats.rollups import MODES, RollupError, RollupResult, Rollups  # noqa: E402
+from doodlestats.batch.results import iso  # noqa: E402
+from doodlestats.history.periods import GRAINS, parse_time  # noqa: E402
+from doodlestats.history.rollups import MODES, RollupError, RollupResult, Rollups  # noqa: E402
+from doodlestats.runtime import cli  # noqa: E402
+from doodlestats.runtime.logs import logger  # noqa: E402
 
 PROG = "rollups"
 _log = logger(PROG)
@@ -102,9 +102,10 @@ def open_delta(args):
     """(config, Delta root, storage options) — a one-line error unless ``minute_stats`` is there."""
     from deltalake import DeltaTable
 
-    from doodlestats.config import ConfigError, load_config
-    from doodlestats.storage import StorageError, delta_storage_options, join, to_delta_uri
-    from doodlestats.tables import MINUTE_STATS, Tables
+    from doodlestats.io.storage import delta_storage_options
+    from doodlestats.io.tables import MINUTE_STATS, Tables
+    from doodlestats.io.uris import StorageError, join, to_delta_uri
+    from doodlestats.runtime.config import ConfigError, load_config
     try:
         cfg = load_config(args.conf_file, {"job.mode": args.mode, "job.rsd": args.rsd, "paths.delta": args.delta_path,
                                            "kafka.bootstrap_servers": args.bootstrap_servers})
@@ -127,8 +128,8 @@ def emitter(args, cfg):
     """The function that prints and/or publishes each grain's recomputed periods."""
     publisher = None
     if args.output_topic:
-        from doodlestats.kafka import KafkaUnavailable, check_kafka, client_settings, ensure_topic
-        from doodlestats.publish import KafkaPublisher
+        from doodlestats.io.kafka import KafkaUnavailable, check_kafka, client_settings, ensure_topic
+        from doodlestats.io.publish import KafkaPublisher
         try:
             check_kafka(cfg, need_input=False)
             ensure_topic(cfg, args.output_topic, 1)
@@ -147,9 +148,9 @@ def emitter(args, cfg):
 
 def run(args, cfg, delta: str, opts: dict, emit) -> None:
     """Every grain asked for, in one Spark session."""
-    from doodlestats.publish import PublishError
-    from doodlestats.session import get_spark, require_connectors
-    from doodlestats.storage import configure_spark
+    from doodlestats.io.publish import PublishError
+    from doodlestats.io.storage import configure_spark
+    from doodlestats.runtime.session import get_spark, require_connectors
     require_connectors(kafka=False, prog=PROG)
     spark = get_spark(PROG, cfg)
     try:

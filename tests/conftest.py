@@ -36,7 +36,7 @@ def test_conf(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def cfg(test_conf):
-    from doodlestats.config import load_config
+    from doodlestats.runtime.config import load_config
     return load_config(test_conf)
 
 
@@ -60,7 +60,7 @@ def kafka(cfg, tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def spark(cfg):
-    from doodlestats.session import get_spark
+    from doodlestats.runtime.session import get_spark
     s = get_spark("tests", cfg)
     yield s
     s.stop()

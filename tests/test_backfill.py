@@ -132,7 +132,7 @@ def test_kafka_range_by_record_time_and_over_a_streams_minutes(kafka, spark, tes
     # an hour and a day that span the stream run and the backfill: exact union of both
     import json
 
-    from doodlestats.rollups import Rollups
+    from doodlestats.history.rollups import Rollups
     for grain, size in (("hour", 3600), ("day", 86400)):
         want_users, want_frames = {}, {}
         for line in lines:
@@ -183,7 +183,7 @@ def test_a_big_file_read_in_splits_equals_the_same_lines_in_small_files(spark, t
 def test_read_ranges_gives_each_line_once_with_its_byte_offset(spark, tmp_path):
     """read_ranges on a plain file (ranges and splits cut mid-line, CRLF and empty lines)
     and on a .gz (one split, offsets in the decompressed text): every line exactly once."""
-    from doodlestats.source import read_ranges
+    from doodlestats.io.source import read_ranges
     body = b"".join(b'{"uid":"u%d","pad":"%s"}%s' % (i, b"x" * (i * 37 % 3000), b"\r\n" if i % 7 == 0 else b"\n")
                     for i in range(6_000)) + b"\n" + b'{"last":"no newline"}'
     plain, packed = tmp_path / "a.jsonl", tmp_path / "a.jsonl.gz"

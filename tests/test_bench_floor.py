@@ -82,5 +82,5 @@ def test_write_conf_points_at_the_runs_own_broker(tmp_path):
     orig = tomllib.loads(floor.CONF.read_text())
     assert raw["kafka"]["bootstrap_servers"] == "127.0.0.1:29092" and raw["kafka"]["controller_port"] == 29093
     assert raw["job"] == orig["job"] and raw["paths"] == orig["paths"]
-    from doodlestats.config import load_config
+    from doodlestats.runtime.config import load_config
     assert load_config(p).kafka.port == 29092

@@ -5,7 +5,7 @@ from __future__ import annotations
 import yaml
 from conftest import ROOT
 
-from doodlestats.config import load_config
+from doodlestats.runtime.config import load_config
 
 
 def _compose():

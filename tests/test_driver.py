@@ -11,10 +11,10 @@ from hypothesis import strategies as st
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from doodlestats.counting import ExactCounter  # noqa: E402
-from doodlestats.driver import BatchSummary, DriverState, flush, step, to_restore  # noqa: E402
-from doodlestats.results import CORRECTED, FINAL, PROVISIONAL  # noqa: E402
-from doodlestats.window import Watermark, is_final, minute_of  # noqa: E402
+from doodlestats.batch.counting import ExactCounter  # noqa: E402
+from doodlestats.batch.driver import BatchSummary, DriverState, flush, step, to_restore  # noqa: E402
+from doodlestats.batch.results import CORRECTED, FINAL, PROVISIONAL  # noqa: E402
+from doodlestats.batch.window import Watermark, is_final, minute_of  # noqa: E402
 
 T0 = 1_451_606_400
 CLOCK = Watermark(delay_s=5, idle_s=30)

@@ -62,7 +62,7 @@ def test_second_broker_up_twice_then_down_leaves_nothing(tmp_path):
 
 
 def test_port_in_use_is_one_clear_line(tmp_path, monkeypatch):
-    from doodlestats.config import load_config
+    from doodlestats.runtime.config import load_config
     from tools import kafka_local
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

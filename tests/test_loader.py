@@ -95,7 +95,7 @@ def test_every_line_is_one_message_keyed_by_root_uid(kafka, test_conf, sample, n
     assert f"delivered {len(lines):,} · rejected 0 · failed 0" in _report(r.stderr)
     got = _values(kafka, topic, with_key=True)
     assert sorted(v for _, v in got) == sorted(lines)
-    from doodlestats.reference import reference_parse
+    from doodlestats.batch.reference import reference_parse
     for k, v in got:
         ts, uid, reason = reference_parse(v)
         if uid is not None and reason in (None, "missing_ts", "bad_ts"):

@@ -42,8 +42,8 @@ def make_runs(spark, tmp: Path, count: int = 3300, rate: float = 10, users: int 
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from doodlestats.config import load_config
-    from doodlestats.pipeline import MinuteStatsPipeline
+    from doodlestats.batch.pipeline import MinuteStatsPipeline
+    from doodlestats.runtime.config import load_config
     from tools.generator import GenConfig, generate
     lines, _ = generate(GenConfig(count=count, rate=rate, users=users, seed=41, start_ts=START,
                                   malformed_frac=0.03, bitflip_frac=0.005, delay_prob=0.02, max_delay=3))
@@ -139,7 +139,7 @@ def hour_uniques(text: str) -> dict[str, int]:
 
 def expected_hour_uniques(root: str) -> dict[str, int]:
     """Distinct uids per UTC hour, recounted in plain Python from the minute_uids pairs."""
-    from doodlestats.tables import MINUTE_UIDS, Tables
+    from doodlestats.io.tables import MINUTE_UIDS, Tables
     hours: dict[int, set] = {}
     for r in Tables(root, "test").read(MINUTE_UIDS, columns=["minute", "uid"]).to_pylist():
         hours.setdefault(r["minute"] - r["minute"] % 3600, set()).add(r["uid"])

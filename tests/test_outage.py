@@ -126,7 +126,7 @@ def produce(cfg, topic: str, lines: list[bytes]) -> None:
 
 def job_module():
     """The streaming runner of jobs/minute_stats.py (its publisher and broker watch)."""
-    from doodlestats import streaming
+    from doodlestats.runtime import streaming
     return streaming
 
 
@@ -141,7 +141,7 @@ def stored(delta) -> dict[int, tuple[int, int]]:
 
 
 def test_a_30s_broker_outage_mid_stream_loses_nothing_and_counts_nothing_twice(tmp_path):
-    from doodlestats.config import load_config
+    from doodlestats.runtime.config import load_config
     from tools import kafka_local
     from tools.generator import GenConfig, generate
 
@@ -159,7 +159,7 @@ def test_a_30s_broker_outage_mid_stream_loses_nothing_and_counts_nothing_twice(t
     try:
         topic, out_topic = cfg.kafka.input_topic, cfg.kafka.output_topic
         # the job's minuteStats publisher on a topic of its own, to publish during the outage
-        from doodlestats.results import MinuteResult
+        from doodlestats.batch.results import MinuteResult
         probe_cfg = load_config(conf, {"kafka.output_topic": "outage-probe"})
         kafka_local.ensure_topic(probe_cfg, "outage-probe", 1)
         mod = job_module()
@@ -240,7 +240,7 @@ def test_frames_deleted_unread_stop_the_job_with_one_line_or_are_skipped_and_rec
     from conftest import produce as produce_to
     from test_minute_stats import job_args, recount
 
-    from doodlestats.state import StateStore
+    from doodlestats.io.state import StateStore
     from tools.generator import GenConfig, generate
 
     lines, _ = generate(GenConfig(count=9000, rate=60, users=900, seed=53))
@@ -300,9 +300,9 @@ def test_a_gap_inside_a_batch_fails_before_anything_is_written_or_is_skipped(spa
     from conftest import write_conf
     from test_minute_stats import recount
 
-    from doodlestats.config import load_config
-    from doodlestats.offsets import DataLoss, OffsetCheck
-    from doodlestats.pipeline import MinuteStatsPipeline
+    from doodlestats.batch.pipeline import MinuteStatsPipeline
+    from doodlestats.io.offsets import DataLoss, OffsetCheck
+    from doodlestats.runtime.config import load_config
     from tools.generator import GenConfig, generate
 
     lines, _ = generate(GenConfig(count=3000, rate=40, users=300, seed=57))
@@ -352,7 +352,7 @@ def test_frames_deleted_while_the_live_job_is_behind(kafka, tmp_path, mode):
     from conftest import produce as produce_to
     from test_minute_stats import job_args, recount
 
-    from doodlestats.state import StateStore
+    from doodlestats.io.state import StateStore
     from tools.generator import GenConfig, generate
 
     lines, _ = generate(GenConfig(count=6000, rate=60, users=600, seed=59))
@@ -397,7 +397,7 @@ def test_a_broker_away_longer_than_the_job_waits_is_one_line_and_status_75(capsy
     watch.down_since = time.monotonic() - mod.BROKER_PATIENCE_S - 5
     spark_gave_up = RuntimeError("[STREAM_FAILED] ... org.apache.kafka.common.errors.TimeoutException: ...")
     assert mod.failed(spark_gave_up, None, watch, Spark()) == mod.EXIT_BROKER_GONE == 75
-    publisher_gave_up = RuntimeError("... doodlestats.sinks.PublishTimeout: results of batch 7 not delivered "
+    publisher_gave_up = RuntimeError("... doodlestats.io.sinks.PublishTimeout: results of batch 7 not delivered "
                                      "to minuteStats ...")
     assert mod.failed(publisher_gave_up, None, mod.BrokerWatch("127.0.0.1:1"), Spark()) == 75
     lines = capsys.readouterr().err.strip().splitlines()

@@ -71,11 +71,11 @@ def test_wheel_holds_the_package_and_its_schemas_and_is_rebuilt_only_on_change(t
     again, err = _build(repo)
     assert again == whl and whl.stat().st_mtime_ns == mtime and "built" not in err  # unchanged: no rebuild
 
-    with open(repo / "doodlestats" / "reasons.py", "a") as f:
+    with open(repo / "doodlestats" / "batch" / "reasons.py", "a") as f:
         f.write("\nCHANGED = True\n")
     changed, err = _build(repo)
     assert "built doodlestats-" in err and changed != whl
-    assert b"CHANGED = True" in zipfile.ZipFile(changed).read("doodlestats/reasons.py")
+    assert b"CHANGED = True" in zipfile.ZipFile(changed).read("doodlestats/batch/reasons.py")
     assert whl.exists()  # a job still running on the old artifact keeps its files
 
 
@@ -84,7 +84,7 @@ def test_schemas_are_package_data_and_the_top_level_folder_links_to_them():
     from importlib.resources import files
     pkg = files("doodlestats") / "schemas"
     assert {"frame.schema.json", "minute_stats.schema.json"} <= {p.name for p in pkg.iterdir()}
-    from doodlestats.reference import load_schema
+    from doodlestats.batch.reference import load_schema
     assert load_schema()["properties"]["ts"] and load_schema("minute_stats.schema.json")["properties"]
 
 
@@ -92,7 +92,7 @@ def test_reference_parser_reads_its_schema_from_inside_the_zip(tmp_path):
     """The python parser's oracle needs frame.schema.json; inside a zip a path built from
     __file__ is no directory (NotADirectoryError) — importlib.resources reads the member."""
     whl, _ = _build()
-    code = ("import doodlestats, doodlestats.reference as r, json; "
+    code = ("import doodlestats, doodlestats.batch.reference as r, json; "
             "print(json.dumps([doodlestats.__file__, r.reference_parse(%r)]))" % INVALID_TS)
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "DOODLE_HOME")}
     r = subprocess.run([sys.executable, "-P", "-c", code], cwd=tmp_path, capture_output=True, text=True,
@@ -190,12 +190,12 @@ import hashlib, json, sys
 from pyspark.sql import SparkSession
 spark = SparkSession.builder.getOrCreate()
 import doodlestats
-from doodlestats.parse import parse_frames
+from doodlestats.batch.parse import parse_frames
 
 def origin():
-    import doodlestats, doodlestats.reference, hashlib, os
+    import doodlestats, doodlestats.batch.reference, hashlib, os
     archive = getattr(doodlestats.__loader__, "archive", None)  # zipimport: the zip's path
-    return {"file": doodlestats.__file__, "reference": doodlestats.reference.__file__,
+    return {"file": doodlestats.__file__, "reference": doodlestats.batch.reference.__file__,
             "sha256": hashlib.sha256(open(archive, "rb").read()).hexdigest() if archive else None,
             "pid": os.getpid()}
 
@@ -312,7 +312,7 @@ def test_plain_spark_submit_before_make_setup_says_make_setup(tmp_path):
 @pytest.mark.integration
 def test_plain_minute_stats_without_the_jars_says_what_to_run(kafka, test_conf, tmp_path):
     if "require_connectors" not in (ROOT / "jobs" / "minute_stats.py").read_text():
-        pytest.skip("jobs/minute_stats.py does not call doodlestats.session.require_connectors yet")
+        pytest.skip("jobs/minute_stats.py does not call doodlestats.runtime.session.require_connectors yet")
     (tmp_path / "conf").mkdir()
     r = _plain(["jobs/minute_stats.py", "--conf-file", str(test_conf), "--available-now",
                 "--checkpoint", str(tmp_path / "cp"), "--delta-path", str(tmp_path / "delta")],

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from doodlestats.reference import reference_parse
+from doodlestats.batch.reference import reference_parse
 
 pytestmark = pytest.mark.integration
 
@@ -30,7 +30,7 @@ def frames():
 
 @pytest.mark.parametrize("parser", ["jvm", "python"])
 def test_spark_parse_paths_equal_the_reference(spark, frames, parser):
-    from doodlestats.parse import parse_frames
+    from doodlestats.batch.parse import parse_frames
     df = spark.createDataFrame([(i, v) for i, v in enumerate(frames)], "i INT, value BINARY")
     got = {r["i"]: (r["ts"], r["uid"], r["reason"])
            for r in parse_frames(df, parser).select("i", "ts", "uid", "reason").collect()}
@@ -47,7 +47,7 @@ def test_spark_parse_paths_equal_the_reference(spark, frames, parser):
 def test_spark_from_json_baseline_agrees_on_valid_frames(spark, frames):
     """The naive path is only a baseline, but on valid generator frames (decoys and all)
     it must pick the root keys too."""
-    from doodlestats.parse import parse_frames
+    from doodlestats.batch.parse import parse_frames
     generated = frames[:-len(CORNERS)]  # the corners probe semantics the baseline does not claim
     valid = [(i, v) for i, v in enumerate(generated) if reference_parse(v)[2] is None]
     df = spark.createDataFrame(valid, "i INT, value BINARY")

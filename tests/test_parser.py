@@ -1,5 +1,5 @@
-"""The three frame parsers agree: reference (doodlestats.reference), pure-Python fast path
-(doodlestats.pyparse) and the JVM scanner (java/, run through doodle.udf.ParseCli).
+"""The three frame parsers agree: reference (doodlestats.batch.reference), pure-Python fast path
+(doodlestats.batch.pyparse) and the JVM scanner (java/, run through doodle.udf.ParseCli).
 
 No Spark is started: the JVM side is driven through ParseCli, a few subprocess calls that each
 carry a whole corpus (JVM start-up is slow). ``java/target/doodle-udf.jar`` must have been built
@@ -20,9 +20,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from doodlestats import reasons as R
-from doodlestats.pyparse import parse_batch, parse_frame
-from doodlestats.reference import MAX_DEPTH, reference_parse
+from doodlestats.batch import reasons as R
+from doodlestats.batch.pyparse import parse_batch, parse_frame
+from doodlestats.batch.reference import MAX_DEPTH, reference_parse
 
 REPO = Path(__file__).resolve().parent.parent
 JAR = REPO / "java" / "target" / "doodle-udf.jar"

@@ -11,7 +11,7 @@ SOURCE = "value BINARY, topic STRING, partition INT, offset BIGINT, file STRING,
 
 
 def _stored(delta):
-    from doodlestats.tables import MINUTE_STATS, Tables
+    from doodlestats.io.tables import MINUTE_STATS, Tables
     t = Tables(delta, "x").read(MINUTE_STATS).to_pylist()
     return {r["ts"]: (r["unique_users"], r["frames"]) for r in t}
 
@@ -20,8 +20,8 @@ def _stored(delta):
 def test_replay_after_a_crash_between_commits_counts_every_frame_once(spark, tmp_path, mode):
     """Batch 1 commits all its Delta writes, then dies before its state file: the
     restarted pipeline replays batch 1 and must not count its frames twice."""
-    from doodlestats.config import load_config
-    from doodlestats.pipeline import MinuteStatsPipeline
+    from doodlestats.batch.pipeline import MinuteStatsPipeline
+    from doodlestats.runtime.config import load_config
     from tools.generator import GenConfig, generate
     lines, truth = generate(GenConfig(count=6000, rate=40, users=400, seed=31))
     df = spark.createDataFrame([(v, "t", 0, i, None, None) for i, v in enumerate(lines)], SOURCE)
@@ -51,8 +51,8 @@ def test_replay_after_a_crash_between_commits_counts_every_frame_once(spark, tmp
 
 
 def test_a_replayed_batch_that_completed_is_skipped(spark, tmp_path):
-    from doodlestats.config import load_config
-    from doodlestats.pipeline import MinuteStatsPipeline
+    from doodlestats.batch.pipeline import MinuteStatsPipeline
+    from doodlestats.runtime.config import load_config
     from tools.generator import GenConfig, generate
     lines, truth = generate(GenConfig(count=2000, rate=40, users=300, seed=32))
     df = spark.createDataFrame([(v, "t", 0, i, None, None) for i, v in enumerate(lines)], SOURCE)
@@ -68,9 +68,9 @@ def test_a_replayed_batch_that_completed_is_skipped(spark, tmp_path):
 def test_a_quarantine_is_written_once_when_a_batch_is_replayed(spark, tmp_path):
     """A batch that died after its Delta commits is replayed: its quarantine rows (with
     their raw bytes) must not be written again."""
-    from doodlestats import pipeline
-    from doodlestats.config import load_config
-    from doodlestats.tables import QUARANTINE, Tables
+    from doodlestats.batch import pipeline
+    from doodlestats.io.tables import QUARANTINE, Tables
+    from doodlestats.runtime.config import load_config
     from tools.generator import GenConfig, generate
     lines, truth = generate(GenConfig(count=3000, rate=40, users=300, seed=33, malformed_frac=0.05))
     df = spark.createDataFrame([(v, "t", 0, i, None, None) for i, v in enumerate(lines)], SOURCE)
@@ -101,7 +101,7 @@ def test_suspect_keeps_the_raw_bytes_of_far_frames_in_one_task(spark):
     first frames after a jump are suspects; frames close to their recent neighbours are not."""
     from pyspark.sql import functions as F
 
-    from doodlestats import guard
+    from doodlestats.batch import guard
     assert guard.register_suspect(spark), "doodle-udf.jar with doodle.udf.Suspect must be on the classpath"
     t0 = 1_466_000_000
     ts = [t0 + i for i in range(100)]
@@ -124,9 +124,9 @@ def test_an_outlier_that_was_not_a_suspect_is_quarantined_with_its_bytes(spark, 
     """A partition that *starts* two hours ahead of the rest of its neighbourhood: the
     running median calls those frames plausible, the neighbourhood median does not. They
     are quarantined as ts_outlier with their raw bytes read again; the rest is counted."""
-    from doodlestats.config import load_config
-    from doodlestats.pipeline import MinuteStatsPipeline
-    from doodlestats.tables import QUARANTINE, Tables
+    from doodlestats.batch.pipeline import MinuteStatsPipeline
+    from doodlestats.io.tables import QUARANTINE, Tables
+    from doodlestats.runtime.config import load_config
     t0 = 1_466_000_040
     rows = [(t0 + 7200 + i % 30, f"early{i % 7}") for i in range(40)] + \
            [(t0 + i % 100, f"u{i % 37}") for i in range(960)]
@@ -158,7 +158,7 @@ def test_driver_sketches_are_spark_sketches(spark):
     import pyarrow as pa
     from pyspark.sql import functions as F
 
-    from doodlestats import sketch
+    from doodlestats.batch import sketch
     uids = [f"{i:019x}" for i in range(0, 60_000, 3)] + ["Ünïcödé ✓", "日本語", "😀"]
     ours = sketch.build(pa.array(uids), 12)
     theirs = bytes(spark.createDataFrame([(u,) for u in uids], "uid STRING")

@@ -59,9 +59,9 @@ def rows_by_date(table) -> Counter:
 def written(spark, tmp_path_factory):
     """A quarantine table with bad frames quarantined 40, 31, 30 and 0 days ago, written by
     the pipeline (its clock shifted for each batch)."""
-    from doodlestats import stages as stages_mod  # its clock stamps quarantined_at
-    from doodlestats.config import load_config
-    from doodlestats.pipeline import MinuteStatsPipeline
+    from doodlestats.batch import stages as stages_mod  # its clock stamps quarantined_at
+    from doodlestats.batch.pipeline import MinuteStatsPipeline
+    from doodlestats.runtime.config import load_config
     from tools.generator import GenConfig, generate
     tmp = tmp_path_factory.mktemp("purge")
     conf = write_conf(tmp / "purge.toml", **{"paths.delta": str(tmp / "delta")})
@@ -157,9 +157,9 @@ def test_purge_on_an_object_store(tmp_path):
     import pyarrow as pa
     from deltalake import DeltaTable
 
-    from doodlestats.config import load_config
-    from doodlestats.storage import delta_storage_options
-    from doodlestats.tables import QUARANTINE, SCHEMAS, Tables
+    from doodlestats.io.storage import delta_storage_options
+    from doodlestats.io.tables import QUARANTINE, SCHEMAS, Tables
+    from doodlestats.runtime.config import load_config
     from tools import s3_local
     today = dt.datetime.now(dt.timezone.utc).date()
     keys = ("DOODLE_TEST_S3_ACCESS_KEY", "DOODLE_TEST_S3_SECRET_KEY")

@@ -1,4 +1,4 @@
-"""Rollups (jobs/rollups.py, doodlestats/rollups.py): hour/day/week/month/year uniques as a
+"""Rollups (jobs/rollups.py, doodlestats/history/rollups.py): hour/day/week/month/year uniques as a
 true union of users, exact and approx, incremental — on real Spark and real Delta tables
 written by the pipeline. Expectations come from a plain-Python recount of the generated
 frames (its own calendar arithmetic), never from the code under test.
@@ -95,8 +95,8 @@ def frames():
 
 
 def _pipeline_tables(spark, lines, root: Path, mode: str) -> Path:
-    from doodlestats.config import load_config
-    from doodlestats.pipeline import MinuteStatsPipeline
+    from doodlestats.batch.pipeline import MinuteStatsPipeline
+    from doodlestats.runtime.config import load_config
     root.mkdir(parents=True, exist_ok=True)
     cfg = load_config(write_conf(root / "c.toml", **{"job.mode": mode}))
     p = MinuteStatsPipeline(spark, cfg, str(root / "ckpt"), str(root / "delta"))
@@ -128,7 +128,7 @@ def _got(results) -> dict[int, tuple[int, int]]:
 def test_periods_match_an_independent_calendar():
     import random
 
-    from doodlestats.periods import period_end, period_start
+    from doodlestats.history.periods import period_end, period_start
     rng = random.Random(5)
     samples = [rng.randrange(0, 4_102_444_800) for _ in range(3000)] + \
               [START, B_START, calendar.timegm((2016, 2, 29, 23, 59, 59)), calendar.timegm((2018, 1, 1, 0, 0, 0)) - 1]
@@ -149,20 +149,20 @@ def test_periods_match_an_independent_calendar():
     ("1514773800", calendar.timegm((2018, 1, 1, 2, 30, 0))),
 ])
 def test_times_are_iso_or_epoch_seconds(text, want):
-    from doodlestats.periods import parse_time
+    from doodlestats.history.periods import parse_time
     assert parse_time(text) == want
 
 
 def test_schema_file_is_generated_from_the_one_definition():
-    from doodlestats.rollups import json_schema
+    from doodlestats.history.rollups import json_schema
     assert json.loads((ROOT / "doodlestats" / "schemas" / "rollup.schema.json").read_text()) == json_schema(), \
-        "regenerate: python -m doodlestats.rollups > doodlestats/schemas/rollup.schema.json"
+        "regenerate: python -m doodlestats.history.rollups > doodlestats/schemas/rollup.schema.json"
 
 
 def test_result_json_carries_the_legacy_names_and_follows_the_schema():
     import jsonschema
 
-    from doodlestats.rollups import RollupResult, json_schema
+    from doodlestats.history.rollups import RollupResult, json_schema
     schema = json_schema()
     exact = RollupResult("week", calendar.timegm((2017, 12, 25, 0, 0, 0)), 812, 1003, "exact", None).to_json()
     approx = RollupResult("month", calendar.timegm((2017, 12, 1, 0, 0, 0)), 812, 1003, "approx", 0.00813).to_json()
@@ -220,7 +220,7 @@ def test_no_minute_tables_is_one_line(tmp_path):
 def test_spark_periods_equal_the_calendar(spark):
     from pyspark.sql import functions as F
 
-    from doodlestats.rollups import period_col
+    from doodlestats.history.rollups import period_col
     samples = [START, B_START, calendar.timegm((2016, 2, 29, 23, 59, 59)), calendar.timegm((2018, 1, 1, 0, 0, 0)) - 1,
                calendar.timegm((2020, 12, 31, 23, 0, 0)), 0, 1_000_000_000, 2_000_000_000]
     df = spark.createDataFrame([(t,) for t in samples], "ts BIGINT")
@@ -231,7 +231,7 @@ def test_spark_periods_equal_the_calendar(spark):
 
 @pytest.mark.integration
 def test_exact_rollups_are_the_union_of_each_periods_users(spark, frames, exact_root, capsys):
-    from doodlestats.rollups import Rollups
+    from doodlestats.history.rollups import Rollups
     _, pairs = frames
     roll = Rollups(spark, str(exact_root / "delta"))
     minute_uniques = defaultdict(set)
@@ -268,7 +268,7 @@ def test_exact_rollups_are_the_union_of_each_periods_users(spark, frames, exact_
 @pytest.mark.integration
 def test_approx_rollups_are_within_their_error_bound(spark, frames, exact_root, approx_root):
     """Stored sketches (approx tables) and sketches built from minute_uids (exact tables)."""
-    from doodlestats.rollups import Rollups
+    from doodlestats.history.rollups import Rollups
     _, pairs = frames
     rsd = 1.04 / 2 ** 7  # lgK 14, for [job] rsd = 0.01
     for root, grains in ((approx_root, GRAINS), (exact_root, ("hour", "week"))):
@@ -286,16 +286,16 @@ def test_approx_rollups_are_within_their_error_bound(spark, frames, exact_root, 
 
 @pytest.mark.integration
 def test_exact_rollups_of_approx_minutes_are_refused(spark, approx_root):
-    from doodlestats.rollups import RollupError, Rollups
+    from doodlestats.history.rollups import RollupError, Rollups
     with pytest.raises(RollupError, match="counted in approx mode .* use --mode approx"):
         Rollups(spark, str(approx_root / "delta")).run("day", "exact", full=True)
 
 
 @pytest.mark.integration
 def test_new_minutes_recompute_only_the_periods_they_touch(spark, frames, exact_root, tmp_path, capsys):
-    from doodlestats.config import load_config
-    from doodlestats.pipeline import MinuteStatsPipeline
-    from doodlestats.rollups import Rollups
+    from doodlestats.batch.pipeline import MinuteStatsPipeline
+    from doodlestats.history.rollups import Rollups
+    from doodlestats.runtime.config import load_config
     from tools.generator import GenConfig, generate
     lines_a, pairs_a = frames
     root = _copy(exact_root, tmp_path / "t")
@@ -341,7 +341,7 @@ def test_new_minutes_recompute_only_the_periods_they_touch(spark, frames, exact_
 def test_print_and_output_topic_carry_the_same_values(kafka, test_conf, frames, exact_root, tmp_path):
     import jsonschema
 
-    from doodlestats.rollups import json_schema
+    from doodlestats.history.rollups import json_schema
     _, pairs = frames
     root = _copy(exact_root, tmp_path / "t")
     topic = new_topic(kafka, "dayStats", 1)

@@ -25,9 +25,9 @@ def min_of(line: bytes) -> int:
 
 
 def test_checkpoint_and_delta_on_s3_give_exact_results_across_a_restart(kafka, tmp_path):
-    from doodlestats.config import load_config
-    from doodlestats.storage import delta_storage_options
-    from doodlestats.tables import MINUTE_STATS, QUARANTINE, Tables
+    from doodlestats.io.storage import delta_storage_options
+    from doodlestats.io.tables import MINUTE_STATS, QUARANTINE, Tables
+    from doodlestats.runtime.config import load_config
     from tools import s3_local
     from tools.generator import GenConfig, generate
     lines, _ = generate(GenConfig(count=12_000, rate=100, users=1500, seed=71))

@@ -90,7 +90,7 @@ def end_offsets(cfg, topic: str) -> int:
     """Sum of the topic's high watermarks, read through the secured listener."""
     from confluent_kafka import Consumer, TopicPartition
 
-    from doodlestats.kafka import client_settings
+    from doodlestats.io.kafka import client_settings
     c = Consumer({**client_settings(cfg), "group.id": f"t-{uuid.uuid4().hex}", "enable.auto.commit": False})
     try:
         md = c.list_topics(topic, timeout=10).topics[topic]
@@ -103,7 +103,7 @@ def consume(cfg, topic: str, timeout: float = 30.0) -> list[tuple[bytes, bytes]]
     """Every message of ``topic`` through the secured listener."""
     from confluent_kafka import Consumer
 
-    from doodlestats.kafka import client_settings
+    from doodlestats.io.kafka import client_settings
     c = Consumer({**client_settings(cfg), "group.id": f"t-{uuid.uuid4().hex}", "auto.offset.reset": "earliest",
                   "enable.auto.commit": False})
     c.subscribe([topic])
@@ -127,7 +127,7 @@ def with_creds(monkeypatch):
 
 def test_loader_loads_through_sasl_ssl(secure, sample, with_creds):
     """`python -m tools.loader FILE --conf-file CONF` with SASL/PLAIN over SSL."""
-    from doodlestats.config import load_config
+    from doodlestats.runtime.config import load_config
     d, ssl_dir, _ = secure
     conf = client_conf(d / "loader.toml", ssl_dir, **{"kafka.sasl_mechanism": "PLAIN"})
     r = subprocess.run([sys.executable, "-m", "tools.loader", str(sample[0]), "--topic", "loaded",
@@ -155,8 +155,8 @@ def good_run(secure, sample):
     (conf, folder, CompletedProcess)."""
     from confluent_kafka import Producer
 
-    from doodlestats.config import load_config
-    from doodlestats.kafka import client_settings
+    from doodlestats.io.kafka import client_settings
+    from doodlestats.runtime.config import load_config
     from tools.loader import open_lines
     d, ssl_dir, _ = secure
     conf = client_conf(d / "job.toml", ssl_dir, **{"kafka.sasl_mechanism": "SCRAM-SHA-512"})
@@ -188,7 +188,7 @@ def test_job_end_to_end_through_sasl_ssl(good_run, sample, with_creds):
     admin check all pass SCRAM-SHA-512 over SSL; Delta, stdout and the topic hold the truth."""
     from deltalake import DeltaTable
 
-    from doodlestats.config import load_config
+    from doodlestats.runtime.config import load_config
     conf, d, res = good_run
     want = truth_by_minute(sample[1])
     rows = DeltaTable(str(d / "delta" / "minute_stats")).to_pyarrow_table().to_pylist()
@@ -231,9 +231,9 @@ def test_password_is_in_no_output_log_or_file(good_run, secure):
 EXPLAIN = """
 import sys
 sys.path.insert(0, {jobs!r})
-from doodlestats.config import load_config
-from doodlestats.session import get_spark
-from doodlestats.streaming import kafka_source
+from doodlestats.runtime.config import load_config
+from doodlestats.runtime.session import get_spark
+from doodlestats.runtime.streaming import kafka_source
 cfg = load_config({conf!r})
 df = kafka_source(get_spark("explain", cfg), cfg)
 df.explain(True)
@@ -291,8 +291,8 @@ def test_wrong_password_fails_fast_with_one_line(secure, tmp_path):
 def test_every_mechanism_logs_in_with_the_escaped_password(secure, tmp_path, with_creds, mechanism):
     """The broker's JAAS line (PLAIN) and SCRAM credentials hold the password with its
     quote, backslash, apostrophe and dollar intact; endpoint identification on."""
-    from doodlestats.config import load_config
-    from doodlestats.kafka import check_kafka
+    from doodlestats.io.kafka import check_kafka
+    from doodlestats.runtime.config import load_config
     check_kafka(load_config(client_conf(tmp_path / "c.toml", secure[1], **{"kafka.sasl_mechanism": mechanism})),
                 need_input=True)
 
@@ -302,8 +302,8 @@ def test_every_mechanism_logs_in_with_the_escaped_password(secure, tmp_path, wit
 def test_every_refusal_is_one_line_within_seconds(secure, tmp_path, with_creds, monkeypatch, case):
     """The admin check before Spark starts (check_kafka) names each problem; the same
     check guards the loader's wait and the backfill."""
-    from doodlestats.config import load_config
-    from doodlestats.kafka import KafkaRejected, check_kafka
+    from doodlestats.io.kafka import KafkaRejected, check_kafka
+    from doodlestats.runtime.config import load_config
     from tools.kafka_local import make_certs
     d, ssl_dir, _ = secure
     cfg = load_config(client_conf(tmp_path / "c.toml", ssl_dir))
@@ -339,8 +339,8 @@ def test_every_refusal_is_one_line_within_seconds(secure, tmp_path, with_creds, 
 def test_spark_options_carry_the_security_settings(secure, with_creds):
     """What Spark's Kafka source gets: the Java client's names, a PEM truststore, the JAAS
     line with the escaped password (exercised end to end above)."""
-    from doodlestats.config import load_config
-    from doodlestats.kafka import spark_kafka_options
+    from doodlestats.io.kafka import spark_kafka_options
+    from doodlestats.runtime.config import load_config
     d, ssl_dir, _ = secure
     o = spark_kafka_options(load_config(client_conf(d / "o.toml", ssl_dir)))
     assert o["kafka.security.protocol"] == "SASL_SSL" and o["kafka.sasl.mechanism"] == "PLAIN"

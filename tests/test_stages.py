@@ -12,10 +12,10 @@ import jsonschema
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from doodlestats import reasons  # noqa: E402
-from doodlestats.driver import BatchSummary  # noqa: E402
-from doodlestats.results import FIELDS, MINUTE_STATS_SCHEMA, MinuteResult, json_schema  # noqa: E402
-from doodlestats.window import Watermark, is_final, minute_of  # noqa: E402
+from doodlestats.batch import reasons  # noqa: E402
+from doodlestats.batch.driver import BatchSummary  # noqa: E402
+from doodlestats.batch.results import FIELDS, MINUTE_STATS_SCHEMA, MinuteResult, json_schema  # noqa: E402
+from doodlestats.batch.window import Watermark, is_final, minute_of  # noqa: E402
 
 
 def test_minute_bucketing_and_final_rule():
@@ -58,7 +58,7 @@ def test_batch_summary_counts_frames_minutes_partitions_and_reasons():
 def test_output_schema_is_defined_once():
     """The JSON schema file, the published value and the Delta row come from FIELDS."""
     assert json.loads((ROOT / "schemas" / "minute_stats.schema.json").read_text()) == json_schema(), \
-        "regenerate: python -m doodlestats.results > schemas/minute_stats.schema.json"
+        "regenerate: python -m doodlestats.batch.results > schemas/minute_stats.schema.json"
     names = [f.name for f in FIELDS]
     stored = [f.name for f in FIELDS if f.stored]
     assert MINUTE_STATS_SCHEMA.names[:len(stored)] == stored
@@ -72,10 +72,10 @@ def test_output_schema_is_defined_once():
 def test_emit_rule_statuses():
     import doctest
 
-    from doodlestats import driver, guard
+    from doodlestats.batch import driver, guard
     assert doctest.testmod(driver, verbose=False).failed == 0
     assert doctest.testmod(guard, verbose=False).failed == 0
-    from doodlestats.driver import statuses
+    from doodlestats.batch.driver import statuses
     # nothing final without a watermark; a touched minute is never emitted twice
     assert statuses([0, 60], [], [0, 60], None) == [(0, "provisional"), (60, "provisional")]
     assert statuses([0], [], [0, -60, -120], 0) == [(0, "provisional"), (-120, "final"), (-60, "final")]

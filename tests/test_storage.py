@@ -13,20 +13,10 @@ from pathlib import Path
 import pytest
 from conftest import ROOT, write_conf
 
-from doodlestats import storage
-from doodlestats.config import REPO_ROOT, ConfigError, load_config
-from doodlestats.storage import (
-    HadoopFS,
-    StorageError,
-    delta_storage_options,
-    is_uri,
-    join,
-    local_path,
-    spark_conf,
-    spark_hadoop_conf,
-    to_delta_uri,
-    to_spark_uri,
-)
+from doodlestats.io import storage
+from doodlestats.io.storage import HadoopFS, delta_storage_options, spark_conf, spark_hadoop_conf
+from doodlestats.io.uris import StorageError, is_uri, join, local_path, to_delta_uri, to_spark_uri
+from doodlestats.runtime.config import REPO_ROOT, ConfigError, load_config
 from tools import s3_local
 
 # The test configuration reads the S3 credentials from these variables (the configurable
@@ -213,8 +203,10 @@ def test_spark_conf_adds_committer_and_checkpoint_manager_only_for_s3(tmp_path):
 
 
 def test_storage_module_exports():
-    for name in storage.__all__:
-        assert getattr(storage, name).__doc__, name
+    from doodlestats.io import uris
+    for mod in (storage, uris):
+        for name in mod.__all__:
+            assert getattr(mod, name).__doc__, name
 
 
 # ====================================================================== the local server
@@ -252,7 +244,7 @@ def s3spark(s3cfg):
     with them. S3 settings are applied at run time and taken back afterwards."""
     from pyspark.sql import SparkSession
 
-    from doodlestats.session import get_spark, local_jars
+    from doodlestats.runtime.session import get_spark, local_jars
     created = SparkSession.getActiveSession() is None
     if created:
         jars = [str(p) for p in local_jars()] + sorted(str(p) for p in STORAGE_JARS.glob("*.jar"))

@@ -10,11 +10,11 @@ import jsonschema
 import pytest
 from conftest import ROOT
 
-from doodlestats import guard
-from doodlestats.config import ConfigError, load_config
-from doodlestats.counting import hll_lg_k, hll_rsd
-from doodlestats.results import MinuteResult, iso
-from doodlestats.state import JobState, StateStore
+from doodlestats.batch import guard
+from doodlestats.batch.counting import hll_lg_k, hll_rsd
+from doodlestats.batch.results import MinuteResult, iso
+from doodlestats.io.state import JobState, StateStore
+from doodlestats.runtime.config import ConfigError, load_config
 
 
 # ---------------------------------------------------------------- config
@@ -131,7 +131,7 @@ def test_tables_of_an_earlier_version_get_the_new_columns(tmp_path):
     import pyarrow as pa
     from deltalake import DeltaTable, write_deltalake
 
-    from doodlestats.tables import QUARANTINE, SCHEMAS, Tables
+    from doodlestats.io.tables import QUARANTINE, SCHEMAS, Tables
     old = pa.schema([f for f in SCHEMAS[QUARANTINE] if f.name != "byte_offset"])
     path = tmp_path / QUARANTINE
     write_deltalake(str(path), pa.Table.from_pylist([{"reason": "malformed_json", "line": 3}], schema=old),

@@ -35,7 +35,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterator
 
-from doodlestats.config import REPO_ROOT
+from doodlestats.runtime.config import REPO_ROOT
 from tools._proc import pid_alive, port_open, terminate  # noqa: F401
 
 HOST = "127.0.0.1"

@@ -11,7 +11,7 @@ import json
 import tomllib
 from pathlib import Path
 
-from doodlestats.config import REPO_ROOT
+from doodlestats.runtime.config import REPO_ROOT
 
 __all__ = ["conf_copy"]
 

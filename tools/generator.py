@@ -28,7 +28,7 @@ Defects (fractions of frames; the three content fractions are exclusive buckets
 whose sum must be <= 1, the delay is independent of them):
 
 * ``malformed_frac``: replaced by invalid frames, spread evenly over the parse
-  reasons of :mod:`doodlestats.reasons`, each built so that exactly one reason
+  reasons of :mod:`doodlestats.batch.reasons`, each built so that exactly one reason
   applies (precedence malformed_json > missing_ts > bad_ts > missing_uid > bad_uid):
   ``malformed_json`` (truncated line, non-JSON text, trailing comma / missing comma,
   array / number / string at the root), ``missing_ts`` / ``missing_uid`` (valid
@@ -80,7 +80,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, fields
 from typing import Iterator
 
-from doodlestats import reasons as R
+from doodlestats.batch import reasons as R
 
 BATCH = 8192  # frames per yielded batch / written chunk (~16 MB of text)
 _POOL = 1024  # variants per fragment pool (indices are 10-bit)

@@ -38,8 +38,8 @@ import time
 import uuid
 from pathlib import Path
 
-from doodlestats.config import REPO_ROOT, Config, ConfigError, load_config
-from doodlestats.kafka import KafkaUnavailable
+from doodlestats.io.kafka import KafkaUnavailable
+from doodlestats.runtime.config import REPO_ROOT, Config, ConfigError, load_config
 from tools._proc import pid_alive, port_open, terminate  # noqa: F401
 
 JARS = REPO_ROOT / ".deps" / "kafka-jars"
@@ -250,7 +250,7 @@ def _run_tool(args: list[str]) -> None:
 def _admin(cfg: Config, **extra):
     from confluent_kafka.admin import AdminClient
 
-    from doodlestats.kafka import client_settings
+    from doodlestats.io.kafka import client_settings
     try:
         return AdminClient({**client_settings(cfg), **extra})
     except KafkaUnavailable as e:
@@ -260,8 +260,8 @@ def _admin(cfg: Config, **extra):
 def wait_ready(cfg: Config, timeout: float = 90.0, pid: int | None = None) -> None:
     """Wait until the broker answers a metadata request, through the security settings of
     ``cfg``. Credentials or a certificate the broker refuses end the wait at once with
-    :class:`doodlestats.kafka.KafkaRejected` (one line saying what to check)."""
-    from doodlestats.kafka import KafkaRejected, KafkaUnavailable, metadata
+    :class:`doodlestats.io.kafka.KafkaRejected` (one line saying what to check)."""
+    from doodlestats.io.kafka import KafkaRejected, KafkaUnavailable, metadata
     deadline = time.monotonic() + timeout
     last = None
     while time.monotonic() < deadline:
@@ -282,8 +282,8 @@ def wait_ready(cfg: Config, timeout: float = 90.0, pid: int | None = None) -> No
 
 def ensure_topic(cfg: Config, name: str, partitions: int) -> bool:
     """Create ``name`` with ``partitions`` partitions if it does not exist. True if created."""
-    from doodlestats.kafka import KafkaUnavailable
-    from doodlestats.kafka import ensure_topic as _ensure
+    from doodlestats.io.kafka import KafkaUnavailable
+    from doodlestats.io.kafka import ensure_topic as _ensure
     try:
         return _ensure(cfg, name, partitions)
     except KafkaUnavailable as e:

@@ -89,7 +89,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any, TextIO
 
-from doodlestats.config import REPO_ROOT, Config, ConfigError, load_config
+from doodlestats.runtime.config import REPO_ROOT, Config, ConfigError, load_config
 
 __all__ = ["Pacer", "Progress", "Rejects", "LoadReport", "Loader", "load", "open_lines",
            "topic_end_offsets", "main"]
@@ -145,7 +145,7 @@ def topic_end_offsets(bootstrap: str, topic: str, cfg: Config | None = None) -> 
     from confluent_kafka import Consumer
     settings = {"bootstrap.servers": bootstrap}
     if cfg is not None:
-        from doodlestats.kafka import client_settings
+        from doodlestats.io.kafka import client_settings
         settings = client_settings(cfg, bootstrap)
     c = Consumer({**settings, "group.id": "doodle-loader-probe", "enable.auto.commit": False})
     try:
@@ -572,7 +572,7 @@ class Loader:
     def run(self, handle_signals: bool = False) -> LoadReport:
         from confluent_kafka import KafkaError, KafkaException, Producer
 
-        from doodlestats.kafka import client_settings
+        from doodlestats.io.kafka import client_settings
         # per-frame refusals (the frame's fault, not the transport's): rejects, never failures
         self._reject_codes = {getattr(KafkaError, n) for n in REJECT_ERRORS if hasattr(KafkaError, n)}
         self._settings = {
@@ -644,7 +644,7 @@ class Loader:
 
         from confluent_kafka import Consumer, TopicPartition
 
-        from doodlestats.kafka import client_settings
+        from doodlestats.io.kafka import client_settings
         c = Consumer({**client_settings(self.cfg), "group.id": "doodle-loader-resume",
                       "enable.auto.commit": False, "fetch.wait.max.ms": 50})
         tail: Counter = Counter()
@@ -936,7 +936,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.input != "-" and not Path(args.input).is_file():
         print(f"load: error: input not found: {args.input}", file=sys.stderr)
         return EXIT_USAGE
-    from doodlestats.kafka import KafkaRejected, KafkaUnavailable
+    from doodlestats.io.kafka import KafkaRejected, KafkaUnavailable
     from tools import kafka_local
     try:
         kafka_local.wait_ready(cfg, timeout=15)

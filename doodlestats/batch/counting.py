@@ -6,7 +6,7 @@ A :class:`Counter` splits its work the way the job does (docs/semantics.md "Wher
   batch's counted frames, one small partial per touched minute comes back to the driver;
 * :meth:`Counter.add`, :meth:`Counter.unique`, :meth:`Counter.from_row` — **pure** driver
   functions on a minute's *value* (an int, or a sketch): the driver step
-  (:mod:`doodlestats.driver`) keeps one value per open minute and never mutates it.
+  (:mod:`doodlestats.batch.driver`) keeps one value per open minute and never mutates it.
 
 ``ExactCounter``
     The batch's distinct ``(minute, uid)`` pairs, minus the pairs each touched minute
@@ -37,8 +37,8 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any
 
-from doodlestats import sketch
-from doodlestats.tables import MINUTE_UIDS, FileMeta, Tables
+from doodlestats.batch import sketch
+from doodlestats.io.tables import MINUTE_UIDS, FileMeta, Tables
 
 __all__ = ["Counter", "ExactCounter", "ExactWithSketches", "HllCounter", "Partials", "make_counter", "hll_lg_k",
            "hll_rsd"]
@@ -105,7 +105,7 @@ class ExactCounter(Counter):
     def partials(self, counted, batch_id, known_files, replay):
         from pyspark.sql import functions as F
 
-        from doodlestats.staging import count_by_minute, write_staged
+        from doodlestats.batch.staging import count_by_minute, write_staged
         pairs = counted.select("minute", "uid").distinct()
         if known_files:
             known = (counted.sparkSession.read.schema(PAIRS_SCHEMA).parquet(*known_files)

@@ -18,7 +18,7 @@ import os
 import re
 import time
 
-from doodlestats.config import Config
+from doodlestats.runtime.config import Config
 
 __all__ = ["KafkaRejected", "KafkaUnavailable", "admin_client", "ca_file", "check_kafka", "client_settings",
            "ensure_topic", "metadata", "spark_kafka_options"]
@@ -48,7 +48,7 @@ def ca_file(cfg: Config) -> str:
     loc = cfg.kafka.ssl_ca_location
     if not loc:
         return ""
-    from doodlestats.config import REPO_ROOT
+    from doodlestats.runtime.config import REPO_ROOT
     path = os.path.join(REPO_ROOT, os.path.expanduser(loc))
     try:
         with open(path, "rb") as f:

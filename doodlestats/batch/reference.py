@@ -4,7 +4,7 @@ __all__ = ["MAX_DEPTH", "load_schema", "load_frame", "reference_parse"]
 
 ``reference_parse(raw) -> (ts, uid, reason)`` is slow and obviously correct; the JVM fast
 parser (``java/``, ``doodle.udf.FrameParser``) and the pure-Python fast path
-(:mod:`doodlestats.pyparse`) are tested to return exactly the same triple for every input.
+(:mod:`doodlestats.batch.pyparse`) are tested to return exactly the same triple for every input.
 
 Steps:
 
@@ -67,7 +67,7 @@ from typing import Any
 
 from jsonschema import Draft202012Validator, ValidationError, validators
 
-from doodlestats.reasons import BAD_TS, BAD_UID, MALFORMED_JSON, MISSING_TS, MISSING_UID
+from doodlestats.batch.reasons import BAD_TS, BAD_UID, MALFORMED_JSON, MISSING_TS, MISSING_UID
 
 #: The schemas are package data: a file on disk from a source tree or an installed wheel, a
 #: member of the zip when the package is shipped to executors with ``--py-files``.

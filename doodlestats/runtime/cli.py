@@ -1,7 +1,7 @@
 """What the jobs' command lines share: argument errors in one line, failures in one line
 with an exit status, and the driver's process set-up.
 
-    from doodlestats import cli
+    from doodlestats.runtime import cli
 
     def body(args) -> int:
         ...
@@ -20,7 +20,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable
 
-from doodlestats.logs import logger
+from doodlestats.runtime.logs import logger
 
 __all__ = ["OK", "FAILED", "USAGE", "JobError", "ArgumentParser", "first_line", "run"]
 
@@ -57,7 +57,7 @@ def run(prog: str, parse: Callable[[list[str] | None], argparse.Namespace],
         body: Callable[[argparse.Namespace], int], argv: list[str] | None = None) -> int:
     """The driver's process set-up, ``parse(argv)``, then ``body(args)``'s exit status; a
     :class:`JobError` becomes its one line on standard error and its status."""
-    from doodlestats.session import register_driver
+    from doodlestats.runtime.session import register_driver
     register_driver()
     args = parse(argv)
     try:

@@ -1,7 +1,7 @@
 """Hour/day/week/month/year unique users, rolled up from the minute tables — in Spark.
 
 ``jobs/rollups.py`` is the command; this module is its logic (the periods themselves:
-:mod:`doodlestats.periods`). For each grain it writes
+:mod:`doodlestats.history.periods`). For each grain it writes
 one Delta table below the Delta root (``rollup_hour``, ``rollup_day``, ``rollup_week``,
 ``rollup_month``, ``rollup_year``), one row per period and mode, upserted by
 ``(period_start, mode)``. Periods are UTC; weeks are ISO weeks (Monday 00:00 UTC).
@@ -20,7 +20,7 @@ minute counts (a user active in 50 minutes of a day is one user of that day):
     (tables written in exact mode) gets one built from its ``minute_uids`` pairs first
     (``hll_sketch_agg(uid, lgK)``, lgK from ``[job] rsd``). The error of a period is
     ``rsd = 1.04 / sqrt(2^lgK)`` of the smallest lgK of its sketches
-    (:func:`doodlestats.counting.hll_rsd`).
+    (:func:`doodlestats.batch.counting.hll_rsd`).
 
 ``frames`` is the sum of the period's ``minute_stats.frames``.
 
@@ -34,11 +34,11 @@ or a recorded version that cannot be read any more recompute everything. A run l
 with ``--from``/``--to`` does not advance the recorded version (the periods outside its
 range may still be due).
 
-The one definition of the output shape is :data:`FIELDS` (as :mod:`doodlestats.results`
+The one definition of the output shape is :data:`FIELDS` (as :mod:`doodlestats.batch.results`
 does for minutes): the JSON value of ``--print`` and of ``--output-topic`` messages
 (:meth:`RollupResult.to_json`, key = ``period_start``), the JSON schema
 ``schemas/rollup.schema.json`` (:func:`json_schema`; regenerate with
-``python -m doodlestats.rollups``) and the Arrow schema of the rollup tables
+``python -m doodlestats.history.rollups``) and the Arrow schema of the rollup tables
 (:data:`ROLLUP_SCHEMA`).
 
 Example::
@@ -60,12 +60,22 @@ from typing import Callable
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from doodlestats.counting import hll_lg_k, hll_rsd
-from doodlestats.logs import logger
-from doodlestats.periods import DAY_S, FIRST_MONDAY, GRAINS, HOUR_S, WEEK_S, period_end, period_start, ranges, scope
-from doodlestats.results import Field, Published, iso
-from doodlestats.storage import join, to_delta_uri
-from doodlestats.tables import MINUTE_STATS, MINUTE_UIDS, Tables
+from doodlestats.batch.counting import hll_lg_k, hll_rsd
+from doodlestats.batch.results import Field, Published, iso
+from doodlestats.history.periods import (
+    DAY_S,
+    FIRST_MONDAY,
+    GRAINS,
+    HOUR_S,
+    WEEK_S,
+    period_end,
+    period_start,
+    ranges,
+    scope,
+)
+from doodlestats.io.tables import MINUTE_STATS, MINUTE_UIDS, Tables
+from doodlestats.io.uris import join, to_delta_uri
+from doodlestats.runtime.logs import logger
 
 __all__ = ["MODES", "FIELDS", "ROLLUP_SCHEMA", "RollupResult", "GrainReport", "RollupError", "Rollups",
            "json_schema", "period_col", "table_name"]
@@ -121,12 +131,12 @@ ROLLUP_SCHEMA = pa.schema([(f.name, f.arrow) for f in FIELDS if f.stored] + [
 
 def json_schema() -> dict:
     """The JSON schema of a published rollup value, generated from :data:`FIELDS`."""
-    from doodlestats.results import object_schema
+    from doodlestats.batch.results import object_schema
     return object_schema(
         "doodle/rollup.schema.json", "rollup result",
         "Unique users of one UTC period (hour, day, ISO week, month, year): a line of "
         "jobs/rollups.py --print and the value of an --output-topic message (key = period_start). "
-        "Values are ABSOLUTE: keep the last value per key. Generated from doodlestats/rollups.py "
+        "Values are ABSOLUTE: keep the last value per key. Generated from doodlestats/history/rollups.py "
         "(FIELDS).", FIELDS)
 
 

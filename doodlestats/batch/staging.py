@@ -23,7 +23,7 @@ import itertools
 import json
 import re
 
-from doodlestats.tables import STAGE_DIR, FileMeta
+from doodlestats.io.tables import STAGE_DIR, FileMeta
 
 __all__ = ["write_staged", "count_by_minute", "observed", "tally_col", "register_tally", "TALLY_FN"]
 
@@ -34,7 +34,7 @@ _names = itertools.count()
 
 def register_tally(spark) -> bool:
     """Register the JVM aggregate ``doodle_tally``; False if its jar is not on the classpath."""
-    from doodlestats.session import register_jvm_function
+    from doodlestats.runtime.session import register_jvm_function
     return register_jvm_function(spark, TALLY_FN, lambda jvm, js: jvm.doodle.udf.BatchTally.register(js))
 
 
@@ -78,7 +78,7 @@ def write_staged(df, stage_uri: str, minute_stats: bool = True) -> tuple[list[Fi
     record each file's minute range (False where ``minute`` may be null)."""
     from pyspark.sql import functions as F
 
-    from doodlestats.storage import HadoopFS
+    from doodlestats.io.storage import HadoopFS
     spark = df.sparkSession
     tasked = df.withColumn("_task", F.spark_partition_id())
     with observed(tasked, F.expr(tally_col("minute", src="date", partition="_task"))) as (watched, get):

@@ -21,9 +21,9 @@ from __future__ import annotations
 import sys
 from typing import Protocol
 
-from doodlestats.publish import KafkaPublisher, PublishError
-from doodlestats.results import PROVISIONAL, MinuteResult, rows_table
-from doodlestats.tables import Tables
+from doodlestats.batch.results import PROVISIONAL, MinuteResult, rows_table
+from doodlestats.io.publish import KafkaPublisher, PublishError
+from doodlestats.io.tables import Tables
 
 __all__ = ["Sink", "KafkaSink", "StdoutSink", "DeltaMinuteSink"]
 
@@ -39,7 +39,7 @@ class PublishTimeout(RuntimeError):
 
 class KafkaSink:
     """Publishes minute results to the output topic: key = window_start, value = JSON
-    (through :class:`doodlestats.publish.KafkaPublisher`).
+    (through :class:`doodlestats.io.publish.KafkaPublisher`).
 
     ``patience_s``: how long a write waits for a broker that went away before it raises
     :class:`PublishTimeout`. ``on_delivered`` is called after every fully delivered write."""

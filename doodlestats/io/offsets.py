@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import time
 
-from doodlestats.config import Config
-from doodlestats.logs import logger
-from doodlestats.state import KEEP_GAPS, Gap, JobState, find_gaps
+from doodlestats.io.state import KEEP_GAPS, Gap, JobState, find_gaps
+from doodlestats.runtime.config import Config
+from doodlestats.runtime.logs import logger
 
 __all__ = ["DataLoss", "OffsetCheck", "kafka_earliest"]
 
@@ -38,7 +38,7 @@ def kafka_earliest(cfg: Config, topic: str):
     def earliest(keys: list[str]) -> dict[str, int]:
         from confluent_kafka import Consumer, TopicPartition
 
-        from doodlestats.kafka import client_settings
+        from doodlestats.io.kafka import client_settings
         wanted = [k for k in keys if k.rpartition("#")[0] == topic]
         if not wanted:
             return {}

@@ -5,7 +5,7 @@
 * the JSON value published to ``minuteStats`` and printed by ``--print``
   (:meth:`MinuteResult.to_json`),
 * the JSON schema ``schemas/minute_stats.schema.json`` (:func:`json_schema`; a test
-  checks the file equals it — regenerate with ``python -m doodlestats.results``),
+  checks the file equals it — regenerate with ``python -m doodlestats.batch.results``),
 * the Arrow schema of the Delta table ``minute_stats`` (:data:`MINUTE_STATS_SCHEMA`):
   the same fields, typed, plus the storage-only columns ``date``, ``batch_id``, ``hll``.
 
@@ -98,7 +98,7 @@ def json_schema() -> dict:
         "doodle/minute_stats.schema.json", "minute result",
         "Value of a message on the Kafka topic `minuteStats` (key = window_start) and of a "
         "--print line. Counts are ABSOLUTE: the sink is at-least-once, so keep the last "
-        "value per key. Generated from doodlestats/results.py (FIELDS).", FIELDS)
+        "value per key. Generated from doodlestats/batch/results.py (FIELDS).", FIELDS)
 
 
 def iso(epoch_s: int | None) -> str:

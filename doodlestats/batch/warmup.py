@@ -16,7 +16,7 @@ import time
 
 from pyspark.sql import functions as F
 
-from doodlestats.stages import source_columns
+from doodlestats.batch.stages import source_columns
 
 __all__ = ["warm_up"]
 
@@ -32,7 +32,7 @@ FRAMES = [
 def warm_up(spark, cfg, frames: int) -> float:
     """Run the batch code twice on ``frames`` synthetic frames against throw-away tables;
     the seconds it took (0 if ``frames`` is 0)."""
-    from doodlestats.pipeline import MinuteStatsPipeline
+    from doodlestats.batch.pipeline import MinuteStatsPipeline
     if frames <= 0:
         return 0.0
     t0 = time.time()

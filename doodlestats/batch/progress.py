@@ -17,8 +17,8 @@ import time
 from collections import Counter as Tally
 from dataclasses import dataclass, field
 
-from doodlestats.logs import logger
-from doodlestats.results import MinuteResult, iso
+from doodlestats.batch.results import MinuteResult, iso
+from doodlestats.runtime.logs import logger
 
 __all__ = ["BatchReport", "Progress"]
 

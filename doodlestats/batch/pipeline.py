@@ -13,7 +13,7 @@ and a bounded sample, never a row per frame. A clean batch is **two Spark jobs**
            Delta commits (files by metadata, minute_stats MERGE; app transaction = batch id)
            · state file in the checkpoint
 
-Counting state on the driver (:class:`doodlestats.driver.DriverState`): per open minute an
+Counting state on the driver (:class:`doodlestats.batch.driver.DriverState`): per open minute an
 integer (exact) or a HyperLogLog sketch (approx) and the frame count, rebuilt from
 ``minute_stats`` as of the Delta versions of the last complete batch on restart.
 """
@@ -27,19 +27,19 @@ from dataclasses import replace
 from pyspark import StorageLevel
 from pyspark.sql import DataFrame
 
-from doodlestats import guard, stages
-from doodlestats.config import Config
-from doodlestats.counting import Partials, make_counter
-from doodlestats.driver import BatchSummary, DriverState, flush, step, to_restore
-from doodlestats.logs import logger
-from doodlestats.offsets import OffsetCheck
-from doodlestats.progress import BatchReport
-from doodlestats.results import MinuteResult, iso
-from doodlestats.sinks import DeltaMinuteSink, Sink
-from doodlestats.staging import observed, register_tally, tally_rows, write_staged
-from doodlestats.state import JobState, StateStore
-from doodlestats.tables import MINUTE_STATS, MINUTE_UIDS, QUARANTINE, MinuteFiles, Tables
-from doodlestats.window import Watermark
+from doodlestats.batch import guard, stages
+from doodlestats.batch.counting import Partials, make_counter
+from doodlestats.batch.driver import BatchSummary, DriverState, flush, step, to_restore
+from doodlestats.batch.progress import BatchReport
+from doodlestats.batch.results import MinuteResult, iso
+from doodlestats.batch.staging import observed, register_tally, tally_rows, write_staged
+from doodlestats.batch.window import Watermark
+from doodlestats.io.offsets import OffsetCheck
+from doodlestats.io.sinks import DeltaMinuteSink, Sink
+from doodlestats.io.state import JobState, StateStore
+from doodlestats.io.tables import MINUTE_STATS, MINUTE_UIDS, QUARANTINE, MinuteFiles, Tables
+from doodlestats.runtime.config import Config
+from doodlestats.runtime.logs import logger
 
 __all__ = ["MinuteStatsPipeline", "SPARK_SETTINGS"]
 
@@ -89,7 +89,7 @@ class MinuteStatsPipeline:
 
     Public interface: :meth:`process_batch`, :meth:`flush`, :meth:`done`,
     :meth:`latest_state`, :meth:`minute_table`. Each processed batch's
-    :class:`~doodlestats.progress.BatchReport` goes to ``on_batch``.
+    :class:`~doodlestats.batch.progress.BatchReport` goes to ``on_batch``.
     """
 
     def __init__(self, spark, cfg: Config, checkpoint: str, delta_root: str,

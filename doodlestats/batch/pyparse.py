@@ -1,6 +1,6 @@
 """Fast pure-Python frame parser (the non-JVM path, e.g. inside Spark ``mapInArrow``).
 
-``parse_frame(raw)`` returns exactly what :func:`doodlestats.reference.reference_parse` returns
+``parse_frame(raw)`` returns exactly what :func:`doodlestats.batch.reference.reference_parse` returns
 (tests/test_parser.py checks it on random and mutated documents), using ``orjson`` for the common
 case and handing every doubtful case to the reference:
 
@@ -12,7 +12,7 @@ case and handing every doubtful case to the reference:
 * orjson turns integers beyond 64 bits into floats, and its float parsing is not guaranteed to
   round like the reference's ``float()``; a root ``ts`` that is a float is therefore also
   decided by the reference (rare: ts is normally an int or a digit string).
-* nesting deeper than :data:`~doodlestats.reference.MAX_DEPTH` (512) is malformed in the contract
+* nesting deeper than :data:`~doodlestats.batch.reference.MAX_DEPTH` (512) is malformed in the contract
   but fine for orjson: a frame with more than MAX_DEPTH opening brackets in total goes to the
   reference (a cheap ``bytes.count`` bound; real frames never get near it).
 """
@@ -23,8 +23,8 @@ from typing import Iterable
 
 import orjson
 
-from doodlestats.reasons import BAD_TS, BAD_UID, MALFORMED_JSON, MISSING_TS, MISSING_UID
-from doodlestats.reference import MAX_DEPTH, reference_parse
+from doodlestats.batch.reasons import BAD_TS, BAD_UID, MALFORMED_JSON, MISSING_TS, MISSING_UID
+from doodlestats.batch.reference import MAX_DEPTH, reference_parse
 
 __all__ = ["TS_MAX", "parse_frame", "parse_batch"]
 

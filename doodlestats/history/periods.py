@@ -12,7 +12,7 @@ import datetime as dt
 import re
 from collections.abc import Iterable
 
-from doodlestats.results import iso  # noqa: F401 - the doctests use it
+from doodlestats.batch.results import iso  # noqa: F401 - the doctests use it
 
 __all__ = ["GRAINS", "HOUR_S", "DAY_S", "WEEK_S", "FIRST_MONDAY", "period_start", "period_end", "parse_time",
            "scope", "ranges"]

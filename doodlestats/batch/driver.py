@@ -4,10 +4,10 @@ Everything the driver decides per batch is here, as functions of plain values â€
 Spark, no I/O, no clock (``now`` is an argument) â€” so the rules are tested on their own
 (``tests/test_driver.py``, with hypothesis):
 
-* **late**: a minute already final before the batch (:func:`doodlestats.window.is_final`
+* **late**: a minute already final before the batch (:func:`doodlestats.batch.window.is_final`
   of the previous watermark) gets ``corrected`` results, starting from its stored row;
 * **watermark**: the slowest active partition's largest accepted ts minus the delay,
-  never backwards (:class:`doodlestats.window.Watermark`);
+  never backwards (:class:`doodlestats.batch.window.Watermark`);
 * **emit** (:func:`statuses`): every touched minute is emitted, ``final`` once the new
   watermark passed it, else ``provisional``; open minutes the batch did not touch are
   emitted once, ``final``, when the watermark passes them; final and corrected minutes
@@ -26,9 +26,9 @@ from collections import Counter as Tally
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-from doodlestats import reasons
-from doodlestats.results import CORRECTED, FINAL, PROVISIONAL, MinuteResult
-from doodlestats.window import Watermark, is_final
+from doodlestats.batch import reasons
+from doodlestats.batch.results import CORRECTED, FINAL, PROVISIONAL, MinuteResult
+from doodlestats.batch.window import Watermark, is_final
 
 __all__ = ["BatchSummary", "DriverState", "statuses", "to_restore", "step", "flush"]
 
@@ -108,7 +108,7 @@ def step(state: DriverState, summary: BatchSummary, partials: Mapping[int, Any],
          ) -> tuple[list[MinuteResult], DriverState]:
     """One batch on the driver. ``partials``: the counter's partial per minute; ``stored``:
     the rows of :func:`to_restore` (a missing minute: nothing stored); ``counter``: the
-    pure value functions of :class:`doodlestats.counting.Counter`."""
+    pure value functions of :class:`doodlestats.batch.counting.Counter`."""
     touched = sorted(summary.counted_per_minute)
     late = [m for m in touched if is_final(m, state.watermark)]
     frames, values = dict(state.frames), dict(state.values)

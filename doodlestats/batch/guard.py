@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pyspark.sql import Column
 from pyspark.sql import functions as F
 
-from doodlestats.window import minute_col
+from doodlestats.batch.window import minute_col
 
 __all__ = ["SUSPECT_FN", "MAP_REFS", "GuardPlan", "register_suspect", "keep_raw", "nb_col", "neighbourhood_stats",
            "plan", "with_verdicts"]
@@ -41,7 +41,7 @@ SUSPECT_FN = "doodle_suspect"
 
 def register_suspect(spark) -> bool:
     """Register the JVM function ``doodle_suspect``; False if its jar is not on the classpath."""
-    from doodlestats.session import register_jvm_function
+    from doodlestats.runtime.session import register_jvm_function
     return register_jvm_function(spark, SUSPECT_FN, lambda jvm, js: jvm.doodle.udf.Suspect.register(js))
 
 
@@ -52,7 +52,7 @@ def keep_raw(suspects: bool, max_skew: int, watermark: int | None, prev_ref: int
     (:func:`register_suspect`); without it the previous batch's reference stands in for
     the running median, and a first batch keeps all.
     """
-    from doodlestats.window import final_sql, minute_sql
+    from doodlestats.batch.window import final_sql, minute_sql
     c = f"reason IS NOT NULL OR {final_sql(minute_sql('ts'), watermark)}"
     if suspects:
         return f"{c} OR {SUSPECT_FN}(ts, CAST({int(max_skew)} AS BIGINT))"

@@ -1,7 +1,7 @@
 """Parse stage: Kafka/file ``value`` bytes → root-level ``ts``, ``uid`` and a ``reason``.
 
 ``reason`` is null for a frame that follows ``schemas/frame.schema.json``, else one of
-the parse reason codes of :mod:`doodlestats.reasons`. Three interchangeable paths::
+the parse reason codes of :mod:`doodlestats.batch.reasons`. Three interchangeable paths::
 
     parsed = parse_frames(df, "jvm")     # fast JVM root-key scanner (default)
     parsed = parse_frames(df, "python")  # orjson in mapInArrow (no extra jar needed)
@@ -17,7 +17,7 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from doodlestats import reasons
+from doodlestats.batch import reasons
 
 __all__ = ["PARSED_TYPE", "PARSERS", "register_jvm_parser", "parse_frames"]
 
@@ -46,7 +46,7 @@ def _python(df: DataFrame) -> DataFrame:
     names = df.columns
 
     def parse_batches(batches):
-        from doodlestats.pyparse import parse_batch
+        from doodlestats.batch.pyparse import parse_batch
         for b in batches:
             ts, uid, reason = parse_batch(b.column("value").to_pylist())
             p = pa.StructArray.from_arrays(

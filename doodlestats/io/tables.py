@@ -49,8 +49,8 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from doodlestats.results import MINUTE_STATS_SCHEMA
-from doodlestats.storage import is_uri, join, to_delta_uri, to_spark_uri
+from doodlestats.batch.results import MINUTE_STATS_SCHEMA
+from doodlestats.io.uris import is_uri, join, to_delta_uri, to_spark_uri
 
 __all__ = ["MINUTE_STATS", "MINUTE_UIDS", "QUARANTINE", "SCHEMAS", "FileMeta", "MinuteFiles", "Tables", "minute_date"]
 

@@ -26,8 +26,8 @@ import os
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, replace
 
-from doodlestats.storage import local_path
-from doodlestats.window import is_final
+from doodlestats.batch.window import is_final
+from doodlestats.io.uris import local_path
 
 __all__ = ["JobState", "StateStore", "LocalFS", "Gap", "find_gaps"]
 
@@ -157,7 +157,7 @@ def fs_for(location: str, spark=None):
         return LocalFS()
     if spark is None:
         raise ValueError(f"{location}: a URI checkpoint needs a Spark session for its file system")
-    from doodlestats.storage import HadoopFS
+    from doodlestats.io.storage import HadoopFS
 
     class _Names(HadoopFS):  # the state needs names only
         def list(self, path):

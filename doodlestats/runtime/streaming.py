@@ -1,6 +1,6 @@
 """The streaming runner of ``jobs/minute_stats.py``: source, query, broker watch, retries.
 
-The pipeline (:mod:`doodlestats.pipeline`) processes micro-batches; this module owns
+The pipeline (:mod:`doodlestats.batch.pipeline`) processes micro-batches; this module owns
 what is around the query: the Kafka (or files) source, ``foreachBatch`` with the
 trigger, the wait loop that stops between batches on SIGTERM/Ctrl-C and watches the
 broker, reading past skipped retention gaps, and the one-line failures with their exit
@@ -16,7 +16,7 @@ Reliability:
   Kafka clients retry their offset look-ups and fetches that long, the ``minuteStats``
   publisher keeps its results until they are delivered, and one line says when the broker
   went away and when it came back. Longer, the job stops with one line and exit status 75.
-* Offsets the checkpoint expects but the broker deleted: see :mod:`doodlestats.offsets`.
+* Offsets the checkpoint expects but the broker deleted: see :mod:`doodlestats.io.offsets`.
 """
 
 from __future__ import annotations
@@ -26,8 +26,8 @@ import os
 import signal
 import time
 
-from doodlestats.logs import logger
-from doodlestats.offsets import DataLoss
+from doodlestats.io.offsets import DataLoss
+from doodlestats.runtime.logs import logger
 
 __all__ = ["BROKER_PATIENCE_S", "EXIT_BROKER_GONE", "FETCH_BYTES", "SPARK_KAFKA_RACE", "BrokerWatch", "StreamRunner",
            "failed", "files_source", "kafka_source", "patient_kafka_sink", "process_cpu", "read_tasks"]
@@ -57,8 +57,8 @@ def kafka_source(spark, cfg, one_task_per_partition: bool = False):
     past offsets retention deleted (the runner reads past skipped gaps this way, see
     :data:`SPARK_KAFKA_RACE`): no ``minPartitions`` split, and at most ``frames_per_task``
     frames per batch, so that the tasks stay as small."""
-    from doodlestats.kafka import spark_kafka_options
-    from doodlestats.stages import source_columns
+    from doodlestats.batch.stages import source_columns
+    from doodlestats.io.kafka import spark_kafka_options
     reader = (spark.readStream.format("kafka")
               .options(**spark_kafka_options(cfg))
               .option("subscribe", cfg.kafka.input_topic)
@@ -91,7 +91,7 @@ def kafka_source(spark, cfg, one_task_per_partition: bool = False):
 def files_source(spark, path: str):
     """JSONL / .gz files. Each file is read as one split, so the pipeline can number its
     lines (``partition``/``offset``/``line`` are added per micro-batch, see
-    :func:`doodlestats.stages.with_file_positions`)."""
+    :func:`doodlestats.batch.stages.with_file_positions`)."""
     from pyspark.sql import functions as F
     spark.conf.set("spark.sql.files.maxPartitionBytes", str(1 << 40))
     spark.conf.set("spark.sql.files.openCostInBytes", str(1 << 40))
@@ -160,8 +160,8 @@ class BrokerWatch:
 def patient_kafka_sink(cfg, watch: BrokerWatch):
     """The ``minuteStats`` sink, waiting up to ``BROKER_PATIENCE_S`` for a broker that went
     away instead of failing the batch after 30 s; ``watch`` hears its errors and deliveries."""
-    from doodlestats.kafka import client_settings
-    from doodlestats.sinks import KafkaSink
+    from doodlestats.io.kafka import client_settings
+    from doodlestats.io.sinks import KafkaSink
 
     conf = {**client_settings(cfg), "error_cb": watch.on_error, "log_level": 2, "log.connection.close": False}
     sink = KafkaSink(cfg.kafka.bootstrap_servers, cfg.kafka.output_topic, conf, patience_s=BROKER_PATIENCE_S,
@@ -251,7 +251,7 @@ class StreamRunner:
         self.stop = {"requested": False}
 
     def start(self, one_task_per_partition: bool = False):
-        from doodlestats.storage import join
+        from doodlestats.io.uris import join
         stream = kafka_source(self.spark, self.cfg, one_task_per_partition) if self.source == "kafka" else \
             files_source(self.spark, str(self.input_path))
         writer = (stream.writeStream.foreachBatch(lambda df, i: self.pipeline.process_batch(df, i))

@@ -7,7 +7,7 @@ lines carry their own ``prog:`` prefix, e.g. ``backfill: 2 chunk(s) …``,
 ERROR; ``DOODLE_LOG_LEVEL=WARNING`` quiets the progress lines. The handler writes to
 whatever ``sys.stderr`` is when a line is logged, so a test that swaps it sees the lines.
 
-    from doodlestats.logs import logger
+    from doodlestats.runtime.logs import logger
     log = logger(__name__)
     log.info("backfill: 2 chunk(s)")
 """

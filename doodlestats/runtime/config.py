@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-from doodlestats.storage import is_uri
+from doodlestats.io.uris import is_uri
 
 __all__ = ["REPO_ROOT", "DEFAULT_CONF", "ConfigError", "KafkaConf", "JobConf", "GuardConf", "PathsConf", "SparkConf",
            "StorageConf", "QuarantineConf", "Config", "load_config"]
@@ -30,7 +30,7 @@ def _repo_root() -> Path:
     not inside a zip shipped with --py-files), else the working directory."""
     if os.environ.get("DOODLE_HOME"):
         return Path(os.environ["DOODLE_HOME"]).resolve()
-    here = Path(__file__).resolve().parent.parent
+    here = Path(__file__).resolve().parents[2]  # doodlestats/runtime/config.py
     return here if (here / "conf").is_dir() else Path.cwd()
 
 
@@ -112,7 +112,7 @@ class SparkConf:
 
 @dataclass(frozen=True)
 class StorageConf:
-    """Object-store settings for URIs in ``[paths]`` (see :mod:`doodlestats.storage`).
+    """Object-store settings for URIs in ``[paths]`` (see :mod:`doodlestats.io.storage`).
 
     Credentials are never part of the configuration: only the *names* of the environment
     variables that hold them are.

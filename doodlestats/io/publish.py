@@ -1,7 +1,7 @@
 """The one Kafka producer of the jobs: (key, value) messages to one topic, all delivered or an error.
 
 An idempotent producer with ``acks=all``: the stream's ``minuteStats`` sink
-(:class:`doodlestats.sinks.KafkaSink`) and the rollups' period results
+(:class:`doodlestats.io.sinks.KafkaSink`) and the rollups' period results
 (``jobs/rollups.py --output-topic dayStats``) both publish through it::
 
     pub = KafkaPublisher("127.0.0.1:9092", "dayStats")

@@ -8,7 +8,7 @@
 The source columns (:data:`SOURCE_COLUMNS`) are ``value`` (binary), ``topic``,
 ``partition``, ``offset`` (Kafka) or ``file`` and ``line`` (whole files read in order,
 :func:`with_file_positions` numbers them) or ``byte_offset`` (files read as byte ranges,
-:mod:`doodlestats.source`); ``partition``/``offset`` are then the split and the line's
+:mod:`doodlestats.io.source`); ``partition``/``offset`` are then the split and the line's
 index in it.
 """
 
@@ -19,10 +19,10 @@ import time
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
-from doodlestats import guard, reasons
-from doodlestats.parse import parse_frames
-from doodlestats.staging import tally_col
-from doodlestats.window import final_sql, minute_sql
+from doodlestats.batch import guard, reasons
+from doodlestats.batch.parse import parse_frames
+from doodlestats.batch.staging import tally_col
+from doodlestats.batch.window import final_sql, minute_sql
 
 __all__ = ["SOURCE_COLUMNS", "source_columns", "read", "classify", "counted", "summary_metrics", "summary_job",
            "few_quarantine_rows",
@@ -113,7 +113,7 @@ def few_quarantine_rows(text: str | None, batch_id: int, now_us: int):
 
     import pyarrow as pa
 
-    from doodlestats.tables import QUARANTINE, SCHEMAS
+    from doodlestats.io.tables import QUARANTINE, SCHEMAS
     at = dt.datetime.fromtimestamp(now_us / 1e6, dt.timezone.utc)
     rows = [{**r, "raw": base64.b64decode(r["raw"]) if r.get("raw") is not None else None, "batch_id": batch_id,
              "quarantined_at": at, "date": at.date()} for r in json.loads(text or "[]")]

@@ -27,9 +27,9 @@ import json
 import sys
 from dataclasses import dataclass, field
 
-from doodlestats.kafka import client_settings, spark_kafka_options
-from doodlestats.logs import logger
-from doodlestats.periods import parse_time
+from doodlestats.history.periods import parse_time
+from doodlestats.io.kafka import client_settings, spark_kafka_options
+from doodlestats.runtime.logs import logger
 
 __all__ = ["Chunk", "file_chunks", "read_ranges", "splittable", "kafka_chunks", "spool_stdin"]
 
@@ -49,7 +49,7 @@ class Chunk:
 
     def read(self, spark, cfg):
         """The chunk as a static DataFrame with the pipeline's source columns."""
-        from doodlestats.stages import source_columns
+        from doodlestats.batch.stages import source_columns
         if self.ranges:
             return read_ranges(spark, self.ranges)
         offsets = {self.topic: {str(p): o for p, o in self.start.items()}}
@@ -111,7 +111,7 @@ def file_chunks(spark, inputs: list[str], chunk_bytes: int) -> list[Chunk]:
     splittable file larger than that is cut into ranges of ``chunk_bytes`` (each line
     belongs to the range it starts in, see :func:`read_ranges`) — not without the jar,
     whose absence means whole files read as Spark text."""
-    from doodlestats.session import has_fast_parser
+    from doodlestats.runtime.session import has_fast_parser
     cut = has_fast_parser(spark)
     files = _expand(spark, inputs)
     chunks: list[Chunk] = []
@@ -143,12 +143,12 @@ def read_ranges(spark, ranges: list[tuple[str, int, int]]):
     less, so that every core has one (at least :data:`MIN_SPLIT_BYTES`). Each row has its
     ``file`` and ``byte_offset``; ``partition``/``offset`` are the split and the line's
     index in it. Needs ``doodle-udf.jar``; without it, whole files are read as Spark text
-    (one task a file) and numbered by line (:func:`doodlestats.stages.with_file_positions`)."""
+    (one task a file) and numbered by line (:func:`doodlestats.batch.stages.with_file_positions`)."""
     from pyspark.sql import DataFrame
     from pyspark.sql import functions as F
 
-    from doodlestats.session import has_fast_parser
-    from doodlestats.stages import source_columns
+    from doodlestats.batch.stages import source_columns
+    from doodlestats.runtime.session import has_fast_parser
     if not has_fast_parser(spark):
         spark.conf.set("spark.sql.files.maxPartitionBytes", str(1 << 40))
         spark.conf.set("spark.sql.files.openCostInBytes", str(1 << 40))

@@ -1,0 +1,1 @@
+"""Input and output: Kafka, the Delta tables, storage locations and URIs, the job state, the sinks, backfill sources."""
