@@ -406,23 +406,7 @@ class Rollups:
         def in_scope(s: int) -> bool:
             return (lo_p is None or s >= lo_p) and (hi_p is None or s < hi_p)
 
-        touched: list[int] | None = None   # None: every period in scope
-        if full:
-            rep.how = "full"
-        elif since is None:
-            rep.how = "first run"
-        elif since > version:
-            rep.how = f"full: minute_stats is at v{version}, older than the recorded v{since}"
-        elif since == version:
-            rep.how, touched = "unchanged", []
-        else:
-            changed = self.changed_minutes(since, version, mode == "approx")
-            if changed is None:
-                rep.how = f"full: minute_stats v{since} can no longer be read"
-            else:
-                rep.changed_minutes = len(changed)
-                touched = sorted({s for s in (period_start(m, grain) for m in changed) if in_scope(s)})
-
+        touched = self._touched(rep, full, in_scope)
         stored = [s for s in rt.to_pyarrow_table(columns=["ts", "mode"]).to_pylist()
                   if s["mode"] == mode and in_scope(s["ts"])]
         stored_starts = {s["ts"] for s in stored}
@@ -451,6 +435,27 @@ class Rollups:
         if self.progress:
             _log.info(rep.line())
         return rep
+
+    def _touched(self, rep: GrainReport, full: bool, in_scope: Callable[[int], bool]) -> list[int] | None:
+        """The periods to recompute (None: every period in scope), and why (``rep.how``)."""
+        since, version = rep.since_version, rep.source_version
+        if full:
+            rep.how = "full"
+        elif since is None:
+            rep.how = "first run"
+        elif since > version:
+            rep.how = f"full: minute_stats is at v{version}, older than the recorded v{since}"
+        elif since == version:
+            rep.how = "unchanged"
+            return []
+        else:
+            changed = self.changed_minutes(since, version, rep.mode == "approx")
+            if changed is None:
+                rep.how = f"full: minute_stats v{since} can no longer be read"
+            else:
+                rep.changed_minutes = len(changed)
+                return sorted({s for s in (period_start(m, rep.grain) for m in changed) if in_scope(s)})
+        return None
 
     def _write(self, rt, results: list[RollupResult], gone: str | None, version: int,
                record: tuple[str, int] | None) -> int:
