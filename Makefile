@@ -61,7 +61,7 @@ $(UDF_JAR): java/pom.xml $(JAVA_SRC)
 # conf/spark/spark-defaults.conf (git-ignored: absolute paths of the jars) and the virtualenv's
 # Spark reading conf/spark: plain `spark-submit jobs/<job>.py` from the activated .venv works
 $(PLAIN_CONF): conf/spark-defaults.conf conf/doodle.toml $(STAMP_VENV) $(STAMP_SPARK) $(STAMP_STORAGE) $(UDF_JAR)
-	@$(VPY) -m doodlestats.runtime.session write-plain-conf
+	@$(VPY) -m tools.plain_conf
 
 wheel: setup ## build the doodlestats wheel (.deps/dist/<hash>/) if its sources changed; print its path
 	@./spark-submit.sh --build-wheel

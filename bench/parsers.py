@@ -260,7 +260,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def main(argv=None) -> int:
-    from doodlestats.runtime.session import register_driver
+    from doodlestats.runtime.cli import register_driver
     register_driver()  # PID for ./spark-submit.sh's SIGTERM forwarding; stderr past spark-submit
     args = parse_args(argv)
     if not Path(args.input).exists():

@@ -54,7 +54,7 @@ def count_topic(spark, bootstrap: str, topic: str, options: dict | None = None) 
 
 
 def main(argv=None) -> int:
-    from doodlestats.runtime.session import register_driver
+    from doodlestats.runtime.cli import register_driver
     register_driver()  # PID for ./spark-submit.sh's SIGTERM forwarding; stderr past spark-submit
     args = parse_args(argv)
     from bench.common import load_cfg, require_broker

@@ -30,7 +30,7 @@ _log = logger("frame_counts")
 
 
 def main(argv: list[str] | None = None) -> int:
-    from doodlestats.runtime.session import register_driver
+    from doodlestats.runtime.cli import register_driver
     register_driver()
     ap = argparse.ArgumentParser(prog="jobs/frame_counts.py", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
