@@ -155,18 +155,23 @@ def write_metrics(path: str, progress, cfg, started: float, offset_check, watch)
 
 
 def build_pipeline(spark, cfg, args, offset_check):
-    """The pipeline with its sinks (the patient minuteStats publisher, stdout) and progress;
-    warmed up when the job runs live."""
+    """The pipeline with its sinks (the patient minuteStats publisher, stdout), progress and
+    metrics endpoint; warmed up when the job runs live."""
     from doodlestats.batch.pipeline import MinuteStatsPipeline
     from doodlestats.batch.progress import Progress
     from doodlestats.batch.warmup import warm_up
     from doodlestats.io.sinks import StdoutSink
     from doodlestats.io.storage import delta_storage_options
-    from doodlestats.runtime import streaming
+    from doodlestats.runtime import metrics, streaming
     checkpoint, delta = str(cfg.path("checkpoint")), str(cfg.path("delta"))
     watch, progress = streaming.BrokerWatch(cfg.kafka.bootstrap_servers), Progress()
+    live = metrics.start(cfg.metrics.host, cfg.metrics.port)
+
+    def on_batch(rep) -> None:
+        progress(rep)
+        live.on_batch(rep)
     sinks = [streaming.patient_kafka_sink(cfg, watch)] + ([StdoutSink()] if args.print else [])
-    pipeline = MinuteStatsPipeline(spark, cfg, checkpoint, delta, sinks=sinks, on_batch=progress,
+    pipeline = MinuteStatsPipeline(spark, cfg, checkpoint, delta, sinks=sinks, on_batch=on_batch,
                                    storage_options=delta_storage_options(delta, cfg), offset_check=offset_check)
     _log.info(f"minute_stats: {args.source} {cfg.kafka.input_topic if args.source == 'kafka' else args.input_path} "
               f"→ {cfg.kafka.output_topic} + {delta} | mode {cfg.job.mode} | parser {cfg.job.parser} | "
@@ -174,7 +179,7 @@ def build_pipeline(spark, cfg, args, offset_check):
     if cfg.job.warm_up_frames and not args.available_now:  # live: the first results must be on time
         _log.info(f"minute_stats: warm-up on {cfg.job.warm_up_frames:,} synthetic frames took "
                   f"{warm_up(spark, cfg, cfg.job.warm_up_frames):.1f}s")
-    return pipeline, watch, progress
+    return pipeline, watch, progress, live
 
 
 def body(args) -> int:
@@ -203,11 +208,15 @@ def stream(spark, cfg, args, offset_check) -> int:
     """The stream until it ends or stops; then the final flush, the metrics, the table."""
     from doodlestats.runtime import streaming
     started = time.time()
-    pipeline, watch, progress = build_pipeline(spark, cfg, args, offset_check)
+    pipeline, watch, progress, live = build_pipeline(spark, cfg, args, offset_check)
     checkpoint = str(cfg.path("checkpoint"))
+    on_tick = (lambda q: live.on_progress(q.lastProgress)) if live.server is not None else None
     runner = streaming.StreamRunner(spark, cfg, pipeline, args.source, args.input_path, checkpoint, offset_check,
-                                    watch, args.available_now)
-    code = runner.run()
+                                    watch, args.available_now, on_tick)
+    try:
+        code = runner.run()
+    finally:
+        live.close()
     if code == 0 and args.available_now and not runner.stop["requested"]:
         pipeline.flush()
     if args.metrics_file:

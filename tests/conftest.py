@@ -26,7 +26,8 @@ TEST_CONTROLLER_PORT = TEST_PORT + 1
 def write_conf(path: Path, **overrides) -> Path:
     """A copy of conf/doodle.toml pointing at the test broker, with ``section.key`` overrides."""
     from tools.confcopy import conf_copy
-    return conf_copy(path, TEST_PORT, **{"kafka.broker_heap": "512m", "spark.driver_memory": "1g", **overrides})
+    return conf_copy(path, TEST_PORT, **{"kafka.broker_heap": "512m", "spark.driver_memory": "1g",
+                                         "metrics.port": 0, **overrides})
 
 
 @pytest.fixture(scope="session")

@@ -142,3 +142,19 @@ def test_tables_of_an_earlier_version_get_the_new_columns(tmp_path):
     rows = DeltaTable(str(path)).to_pyarrow_table(columns=["reason", "line", "byte_offset"]).to_pylist()
     assert sorted(rows, key=lambda r: r["reason"]) == [{"reason": "bad_ts", "line": None, "byte_offset": 99},
                                                        {"reason": "malformed_json", "line": 3, "byte_offset": None}]
+
+
+def test_metrics_lag_per_partition_from_sparks_progress():
+    """Lag = latest − end offset per partition, in frames and in seconds at the last rate."""
+    from doodlestats.runtime.metrics import JobMetrics
+    m = JobMetrics()
+    m.on_progress({"batchId": 3, "processedRowsPerSecond": 200.0, "inputRowsPerSecond": 150.0,
+                   "durationMs": {"triggerExecution": 1500},
+                   "sources": [{"endOffset": '{"t": {"0": 100, "1": 40}}',
+                                "latestOffset": {"t": {"0": 130, "1": 40}}}]})
+    got = {(s.name, tuple(sorted(s.labels.items()))): s.value
+           for f in m.registry.collect() for s in f.samples if s.name.startswith(("doodle_consumer", "doodle_spark"))}
+    assert got[("doodle_consumer_lag_frames", (("partition", "0"), ("topic", "t")))] == 30
+    assert got[("doodle_consumer_lag_frames", (("partition", "1"), ("topic", "t")))] == 0
+    assert got[("doodle_consumer_lag_seconds", (("partition", "0"), ("topic", "t")))] == 30 / (200 / 2)
+    assert got[("doodle_spark_trigger_seconds", ())] == 1.5

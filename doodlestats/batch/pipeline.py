@@ -255,6 +255,7 @@ class MinuteStatsPipeline:
         self.driver, self.loaded_for = driver, rep.batch_id
         self.known.keep(driver.frames)
         rep.watermark, rep.open_minutes = driver.watermark, len(driver.frames)
+        rep.partition_ts = {k: int(v[0]) for k, v in (driver.partitions or {}).items()}
 
     def _stored(self, minutes: list[int], st: JobState) -> dict[int, dict]:
         """minute_stats rows (ts → row) of ``minutes``, as of the version recorded in ``st``."""

@@ -41,6 +41,7 @@ class BatchReport:
     spark_stages: int = 0
     watermark: int | None = None
     open_minutes: int = 0
+    partition_ts: dict[str, int] = field(default_factory=dict)  # partition → newest accepted event time
 
     def step(self, name: str, since: float) -> float:
         now = time.time()

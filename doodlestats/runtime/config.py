@@ -23,7 +23,7 @@ from typing import Any, Mapping
 from doodlestats.io.uris import is_uri
 
 __all__ = ["REPO_ROOT", "DEFAULT_CONF", "ConfigError", "KafkaConf", "JobConf", "GuardConf", "PathsConf", "SparkConf",
-           "StorageConf", "QuarantineConf", "Config", "load_config"]
+           "StorageConf", "QuarantineConf", "MetricsConf", "Config", "load_config"]
 
 def _repo_root() -> Path:
     """The project folder: $DOODLE_HOME, else the folder holding this package (when it is
@@ -134,6 +134,13 @@ class QuarantineConf:
 
 
 @dataclass(frozen=True)
+class MetricsConf:
+    # the live job's Prometheus endpoint: http://host:port/metrics (port 0: none)
+    host: str = "127.0.0.1"
+    port: int = 9464
+
+
+@dataclass(frozen=True)
 class Config:
     kafka: KafkaConf = field(default_factory=KafkaConf)
     job: JobConf = field(default_factory=JobConf)
@@ -142,6 +149,7 @@ class Config:
     spark: SparkConf = field(default_factory=SparkConf)
     storage: StorageConf = field(default_factory=StorageConf)
     quarantine: QuarantineConf = field(default_factory=QuarantineConf)
+    metrics: MetricsConf = field(default_factory=MetricsConf)
 
     def path(self, which: str) -> Path | str:
         """Where ``paths.<which>`` is: a URI (``s3a://bucket/x``, ``file:///x``, ...)
@@ -160,7 +168,7 @@ class Config:
 
 _SECTIONS = {f.name: f.type for f in dataclasses.fields(Config)}
 _CLASSES = {"kafka": KafkaConf, "job": JobConf, "guard": GuardConf, "paths": PathsConf, "spark": SparkConf,
-            "storage": StorageConf, "quarantine": QuarantineConf}
+            "storage": StorageConf, "quarantine": QuarantineConf, "metrics": MetricsConf}
 
 
 def _coerce(key: str, value: Any, default: Any) -> Any:
@@ -216,6 +224,8 @@ def _check(cfg: Config) -> None:
         raise ConfigError(f"job.idle_partition_s: must be > 0, got {j.idle_partition_s}")
     if j.on_data_loss not in ("fail", "skip"):
         raise ConfigError(f"job.on_data_loss: expected fail or skip, got {j.on_data_loss!r}")
+    if not 0 <= cfg.metrics.port <= 65535:
+        raise ConfigError(f"metrics.port: must be 0 (no endpoint) or a TCP port, got {cfg.metrics.port}")
     if cfg.quarantine.retention_days < 0:
         raise ConfigError(f"quarantine.retention_days: must be >= 0, got {cfg.quarantine.retention_days}")
     if k.max_message_bytes < 1024:

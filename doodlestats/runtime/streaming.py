@@ -176,15 +176,18 @@ def patient_kafka_sink(cfg, watch: BrokerWatch):
 SPARK_KAFKA_RACE = "KafkaConsumer is not safe for multi-threaded access"
 
 
-def drive(query, stop: dict, watch: BrokerWatch, until=None) -> None:
+def drive(query, stop: dict, watch: BrokerWatch, until=None, on_tick=None) -> None:
     """Wait for ``query``: stop it between two batches when asked to (SIGTERM, Ctrl-C) or
-    when ``until()`` says so; meanwhile let ``watch`` look at the broker."""
+    when ``until()`` says so; meanwhile let ``watch`` look at the broker, and ``on_tick(query)``
+    read its progress (the metrics)."""
     while query.isActive:
         if (stop["requested"] or (until is not None and until())) and \
                 not query.status.get("isTriggerActive", False):
             query.stop()
             break
         watch.tick()
+        if on_tick is not None:
+            on_tick(query)
         try:
             query.awaitTermination(0.5)
         except Exception:  # noqa: BLE001 - the query failed: query.exception() tells the caller
@@ -244,10 +247,11 @@ class StreamRunner:
     per gap; returns the exit status."""
 
     def __init__(self, spark, cfg, pipeline, source: str, input_path: str | None, checkpoint: str,
-                 offset_check, watch: "BrokerWatch", available_now: bool):
+                 offset_check, watch: "BrokerWatch", available_now: bool, on_tick=None):
         self.spark, self.cfg, self.pipeline = spark, cfg, pipeline
         self.source, self.input_path, self.checkpoint = source, input_path, checkpoint
         self.offset_check, self.watch, self.available_now = offset_check, watch, available_now
+        self.on_tick = on_tick
         self.stop = {"requested": False}
 
     def start(self, one_task_per_partition: bool = False):
@@ -303,7 +307,7 @@ class StreamRunner:
         _log.info(f"minute_stats: reading past the skipped offsets of {len(gaps)} partition(s) with one read task "
                   f"per Kafka partition first")
         query = self.start(one_task_per_partition=True)
-        drive(query, self.stop, self.watch, until=lambda: read_past(query, gaps))
+        drive(query, self.stop, self.watch, until=lambda: read_past(query, gaps), on_tick=self.on_tick)
         if query.exception() is None and not self.stop["requested"]:
             _log.info("minute_stats: past the skipped offsets; reading with all read tasks again")
             return None
@@ -311,5 +315,5 @@ class StreamRunner:
 
     def _started(self):
         query = self.start()
-        drive(query, self.stop, self.watch)
+        drive(query, self.stop, self.watch, on_tick=self.on_tick)
         return query
