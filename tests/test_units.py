@@ -158,3 +158,16 @@ def test_metrics_lag_per_partition_from_sparks_progress():
     assert got[("doodle_consumer_lag_frames", (("partition", "1"), ("topic", "t")))] == 0
     assert got[("doodle_consumer_lag_seconds", (("partition", "0"), ("topic", "t")))] == 30 / (200 / 2)
     assert got[("doodle_spark_trigger_seconds", ())] == 1.5
+
+
+def test_the_dashboard_plots_only_metrics_the_job_serves():
+    import json
+    import re
+
+    from doodlestats.runtime.metrics import JobMetrics
+    served = {s.name for f in JobMetrics().registry.collect() for s in f.samples} | \
+        {f.name for f in JobMetrics().registry.collect()}
+    served |= {n + "_total" for n in served} | {n + "_bucket" for n in served}
+    dash = json.loads((ROOT / "conf" / "grafana" / "doodle-minute-stats.json").read_text())
+    used = {m for p in dash["panels"] for t in p["targets"] for m in re.findall(r"doodle_[a-z_]+", t["expr"])}
+    assert used and used <= served, used - served
