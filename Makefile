@@ -21,7 +21,7 @@ STAMP_KAFKA := .deps/kafka-jars/.fetched
 STAMP_STORAGE := .deps/storage-jars/.fetched
 PLAIN_CONF  := conf/spark/spark-defaults.conf
 
-.PHONY: help setup run test test-fast lint bench-smoke kafka-up kafka-down kafka-status cluster-up cluster-down cluster-status wheel sample load stats bench notebook chaos soak quarantine-purge clean distclean
+.PHONY: help setup run test test-fast lint bench-smoke kafka-up kafka-down kafka-status cluster-up cluster-down cluster-status wheel sample load stats bench notebook chaos soak quarantine-purge maintain clean distclean
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-15s %s\n", $$1, $$2}'
@@ -137,6 +137,9 @@ soak: setup sample ## the job live under 5,000 frames/s for 20 min: lag, RSS and
 
 quarantine-purge: setup ## delete quarantine rows older than [quarantine] retention_days and vacuum (PURGE_ARGS=)
 	./spark-submit.sh jobs/quarantine_purge.py $(PURGE_ARGS)
+
+maintain: setup ## compact the settled dates' small files, checkpoint and clean the Delta logs, vacuum (MAINTAIN_ARGS=)
+	$(VPY) jobs/maintain.py $(MAINTAIN_ARGS)
 
 clean: kafka-down cluster-down ## stop the broker and the cluster, delete data and runtime state (keeps set-up)
 	rm -rf data .run spark-warehouse
