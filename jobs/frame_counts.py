@@ -16,15 +16,11 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 
-try:
-    import doodlestats  # noqa: F401
-except ImportError:
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import _bootstrap  # noqa: F401 - doodlestats importable from a clone
 
-from doodlestats.runtime.config import ConfigError, load_config  # noqa: E402
-from doodlestats.runtime.logs import logger  # noqa: E402
+from doodlestats.runtime.config import ConfigError, load_config
+from doodlestats.runtime.logs import logger
 
 _log = logger("frame_counts")
 

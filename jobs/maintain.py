@@ -16,16 +16,12 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import sys
-from pathlib import Path
 
-try:
-    import doodlestats  # noqa: F401
-except ImportError:  # plain spark-submit from a clone: make the package importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import _bootstrap  # noqa: F401 - doodlestats importable from a clone
 
-from doodlestats.io import maintenance  # noqa: E402
-from doodlestats.runtime import cli  # noqa: E402
-from doodlestats.runtime.logs import logger  # noqa: E402
+from doodlestats.io import maintenance
+from doodlestats.runtime import cli
+from doodlestats.runtime.logs import logger
 
 PROG = "maintain"
 _log = logger(PROG)

@@ -41,15 +41,12 @@ import sys
 import time
 from pathlib import Path
 
-try:
-    import doodlestats  # noqa: F401
-except ImportError:  # plain spark-submit from a clone: make the package importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import _bootstrap  # noqa: F401 - doodlestats importable from a clone
 
-from doodlestats.io.uris import is_uri  # noqa: E402
-from doodlestats.runtime import cli  # noqa: E402
-from doodlestats.runtime.config import ConfigError, load_config  # noqa: E402
-from doodlestats.runtime.logs import logger  # noqa: E402
+from doodlestats.io.uris import is_uri
+from doodlestats.runtime import cli
+from doodlestats.runtime.config import ConfigError, load_config
+from doodlestats.runtime.logs import logger
 
 _log = logger("minute_stats")
 

@@ -16,18 +16,14 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
-try:
-    import doodlestats  # noqa: F401
-except ImportError:  # plain spark-submit from a clone: make the package importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import _bootstrap  # noqa: F401 - doodlestats importable from a clone
 
-from doodlestats.batch.results import iso  # noqa: E402
-from doodlestats.history.periods import GRAINS, parse_time  # noqa: E402
-from doodlestats.history.rollups import MODES, RollupError, RollupResult, Rollups  # noqa: E402
-from doodlestats.runtime import cli  # noqa: E402
-from doodlestats.runtime.logs import logger  # noqa: E402
+from doodlestats.batch.results import iso
+from doodlestats.history.periods import GRAINS, parse_time
+from doodlestats.history.rollups import MODES, RollupError, RollupResult, Rollups
+from doodlestats.runtime import cli
+from doodlestats.runtime.logs import logger
 
 PROG = "rollups"
 _log = logger(PROG)
