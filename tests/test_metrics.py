@@ -57,7 +57,8 @@ def test_scraped_counters_equal_the_generators_truth(kafka, tmp_path):
         assert {k: v for k, v in got.items() if v} == bad
         assert m["doodle_batches_total"] >= 3 and m["doodle_open_minutes"] >= 0
         assert m["doodle_batch_spark_jobs"] >= 1 and m['doodle_batch_seconds_count'] == m["doodle_batches_total"]
-        assert truth["ts_min"] < m["doodle_watermark_seconds"] <= truth["ts_max"]
+        # the slowest partition sets the watermark, 5 s behind its newest frame; now is years later
+        assert m["doodle_watermark_seconds"] <= truth["ts_max"] - 5 and m["doodle_watermark_delay_seconds"] > 0
         job.wait_for(lambda: any(k.startswith("doodle_consumer_lag_frames{") for k in scrape(port)), 60,
                      "for the lag from Spark's progress")
         lag = {k: v for k, v in scrape(port).items() if k.startswith("doodle_consumer_lag_frames{")}
