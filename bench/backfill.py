@@ -44,13 +44,13 @@ import time
 from pathlib import Path
 
 from bench.common import (
-    REPO_ROOT,
     WORK_DIR,
     BenchError,
     Frames,
     fmt_int,
     machine_info,
     python,
+    rel,
     run_process,
     say,
     spark_cmd,
@@ -86,7 +86,7 @@ def plain_copy(gz: Path, work: Path = WORK_DIR) -> Path:
     if dst.exists() and dst.stat().st_mtime >= gz.stat().st_mtime and dst.stat().st_size > 0:
         return dst
     work.mkdir(parents=True, exist_ok=True)
-    say(f"backfill: writing the plain copy {_rel(dst)} (once)")
+    say(f"backfill: writing the plain copy {rel(dst)} (once)")
     tmp = dst.with_name(dst.name + ".tmp")
     with gzip.open(gz, "rb") as src, open(tmp, "wb") as out:
         shutil.copyfileobj(src, out, 1 << 22)
@@ -105,7 +105,7 @@ def pieces_copy(gz: Path, work: Path = WORK_DIR, n: int = PIECES) -> Path:
         return glob
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
-    say(f"backfill: writing {n} pieces of the input into {_rel(folder)} (once)")
+    say(f"backfill: writing {n} pieces of the input into {rel(folder)} (once)")
     opener = gzip.open if gz.suffix == ".gz" else open
     with opener(gz, "rb") as src:
         lines = sum(1 for _ in src)
@@ -116,10 +116,6 @@ def pieces_copy(gz: Path, work: Path = WORK_DIR, n: int = PIECES) -> Path:
                     out.write(next(src))
     done.touch()
     return glob
-
-
-def _rel(p: Path) -> str:
-    return str(p.relative_to(REPO_ROOT)) if p.is_relative_to(REPO_ROOT) else str(p)
 
 
 def truth_of(frames: Frames) -> dict | None:
@@ -172,7 +168,7 @@ def run_duckdb(name: str, path: Path, work: Path, truth: dict | None) -> dict:
     if res.returncode != 0 or not metrics.exists():
         raise BenchError(f"{name} failed (exit {res.returncode}); see {res.stderr}\n{res.tail()}")
     m = json.loads(metrics.read_text())
-    row = {"name": name, "input": _rel(path), "frames": m["frames"], "query_s": m["seconds"],
+    row = {"name": name, "input": rel(path), "frames": m["frames"], "query_s": m["seconds"],
            "frames_per_s": round(m["frames"] / m["seconds"], 1), "wall_s": res.wall_s,
            "peak_rss_mb": res.peak_rss_mb, "tree_cpu_s": res.cpu_s, "threads": m["threads"]}
     got = {mn: (u, f) for mn, u, f in m["minutes"]}
@@ -212,7 +208,7 @@ def run_backfill(name: str, path: Path, work: Path, truth: dict | None, spark_fl
         if res.returncode != 0 or not metrics.exists():
             raise BenchError(f"{name} failed (exit {res.returncode}); see {res.stderr}\n{res.tail()}")
         m = json.loads(metrics.read_text())
-        row = {"name": name, "input": _rel(path), "frames": m["frames"], "query_s": m["seconds"],
+        row = {"name": name, "input": rel(path), "frames": m["frames"], "query_s": m["seconds"],
                "frames_per_s": round(m["frames"] / m["seconds"], 1), "wall_s": res.wall_s,
                "wall_frames_per_s": round(m["frames"] / res.wall_s, 1), "peak_rss_mb": res.peak_rss_mb,
                "tree_cpu_s": res.cpu_s, "counted": m.get("counted"), "chunks": m.get("chunks"),
@@ -270,7 +266,7 @@ def measure(frames: Frames, work: Path, rounds: int = 1, cores: int | None = Non
         for name in ROWS:
             kind, fmt = name.split("_")
             path = inputs[fmt]
-            say(f"{name}: {_rel(path)}")
+            say(f"{name}: {rel(path)}")
             load_before = os.getloadavg()[0]
             try:
                 row = (run_duckdb if kind == "duckdb" else run_backfill)(name, path, work, truth)
@@ -287,12 +283,12 @@ def measure(frames: Frames, work: Path, rounds: int = 1, cores: int | None = Non
                 + {True: "exact", False: "NOT exact", None: "not checked"}[ex])
             runs[name].append(row)
     rows = [(_median(runs[n]) if runs[n] else {"name": n, "error": errors.get(n, "no run")}) for n in ROWS]
-    out = {"frames": frames.count, "input_gz": _rel(frames.path), "input_jsonl": _rel(plain),
-           "input_gz24": _rel(inputs["gz24"]), "bytes_gz": frames.path.stat().st_size,
+    out = {"frames": frames.count, "input_gz": rel(frames.path), "input_jsonl": rel(plain),
+           "input_gz24": rel(inputs["gz24"]), "bytes_gz": frames.path.stat().st_size,
            "bytes_gz24": sum(p.stat().st_size for p in inputs["gz24"].parent.glob(inputs["gz24"].name)),
            "bytes_jsonl": plain.stat().st_size,
            "rounds": rounds, "duckdb_threads": DUCKDB_THREADS, "cores": cores or os.cpu_count(),
-           "defect_free": defect_free(truth), "truth": _rel(frames.truth) if frames.truth else None,
+           "defect_free": defect_free(truth), "truth": rel(frames.truth) if frames.truth else None,
            "rows": rows, "seconds": round(time.monotonic() - t0, 1)}
     out["targets"] = targets(out)
     out["projection"] = projection(out)

@@ -82,6 +82,7 @@ from bench.common import (
     fmt_int,
     machine_info,
     python,
+    rel,
     run_process,
     say,
     spark_cmd,
@@ -508,15 +509,6 @@ def kill_schedule(rng: random.Random, kills: int, duration: float, min_gap: floa
 
 
 # --------------------------------------------------------------------------- checks
-def rel(path) -> str:
-    """``path`` relative to the repository (reports name no machine's folders), else its name."""
-    p = Path(path)
-    try:
-        return str(p.resolve().relative_to(REPO_ROOT))
-    except ValueError:
-        return p.name
-
-
 def _check(ok: bool, detail: str) -> dict:
     return {"ok": bool(ok), "detail": detail}
 

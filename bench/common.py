@@ -379,8 +379,17 @@ class ProcResult:
     def as_dict(self) -> dict:
         d = dataclasses.asdict(self)
         d["cmd"] = " ".join(map(str, self.cmd))
-        d["stdout"], d["stderr"] = str(self.stdout), str(self.stderr)
+        d["stdout"], d["stderr"] = rel(self.stdout), rel(self.stderr)
         return d
+
+
+def rel(path) -> str:
+    """``path`` relative to the repository (reports name no machine's folders), else its name."""
+    p = Path(path)
+    try:
+        return str(p.resolve().relative_to(REPO_ROOT))
+    except ValueError:
+        return p.name
 
 
 def spark_cmd(script: str, job_args: Sequence[str] = (), spark_flags: Sequence[str] = ()) -> list[str]:

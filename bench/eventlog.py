@@ -34,6 +34,8 @@ from collections import defaultdict
 from datetime import datetime
 from pathlib import Path
 
+from bench.common import rel
+
 CATEGORIES = ("read/parse/count", "delta", "other")
 
 
@@ -157,7 +159,7 @@ def analyse(path: Path) -> dict:
     rows.sort(key=lambda r: -r["run_s"])
     total_run = sum(t["run_s"] for t in tasks.values())
     return {
-        "log": str(path),
+        "log": rel(path),
         "span_s": round(span_ms / 1e3, 2),
         "jobs": len(job_span),
         "jobs_busy_s": round(busy_ms / 1e3, 2),

@@ -70,6 +70,7 @@ from bench.common import (
     machine_info,
     python,
     read_lines,
+    rel,
     run_process,
     say,
     spark_cmd,
@@ -190,7 +191,7 @@ def run_floor(cfg, topic: str, run_dir: Path, name: str, master: str | None) -> 
     return {"batches": d.get("batches"), "n_batches": len(d.get("batches") or []), "frames": d.get("frames"),
             "python_driver_cpu_s": d.get("python_driver_cpu_s"), "jvm_cpu_s": d.get("jvm_cpu_s"),
             "query_s": d.get("query_seconds"), "master": d.get("master"), "wall_s": res.wall_s,
-            "tree_cpu_s": res.cpu_s, "peak_rss_mb": res.peak_rss_mb, "stderr": str(res.stderr)}
+            "tree_cpu_s": res.cpu_s, "peak_rss_mb": res.peak_rss_mb, "stderr": rel(res.stderr)}
 
 
 def job_batches(metrics: dict) -> tuple[list[dict] | None, int | None]:
@@ -224,7 +225,7 @@ def run_product(cfg, conf: Path, topic: str, run_dir: Path, name: str, master: s
     return {"batches": batches, "n_batches": n, "frames": m.get("frames"),
             "python_driver_cpu_s": m.get("python_driver_cpu_s"), "jvm_cpu_s": m.get("jvm_cpu_s"),
             "query_s": m.get("query_seconds"), "wall_s": res.wall_s, "tree_cpu_s": res.cpu_s,
-            "peak_rss_mb": res.peak_rss_mb, "stderr": str(res.stderr),
+            "peak_rss_mb": res.peak_rss_mb, "stderr": rel(res.stderr),
             "metrics_keys": sorted(m)}
 
 

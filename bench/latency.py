@@ -53,7 +53,7 @@ try:
 except ImportError:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import REPO_ROOT, BenchError, RssSampler, delete_topics, kill_group, load_cfg, say, spark_cmd
+from bench.common import REPO_ROOT, BenchError, RssSampler, delete_topics, kill_group, load_cfg, rel, say, spark_cmd
 
 FIRST_BATCH_TIMEOUT_S = 300
 STOP_TIMEOUT_S = 60
@@ -333,7 +333,7 @@ def measure(input_path: Path, duration: float, work: Path, bootstrap: str | None
            "job_ready_s": round(ready_s, 1), "replay_max_behind_s": round(rep.max_behind, 3),
            "producer_errors": rep.errors[:3], "job_stop": stopped, "peak_rss_mb": rss.peak_mb,
            "job_wall_s": round(time.monotonic() - t_start, 1), "batch_seconds": batch_times(err),
-           **lat, "job_stderr": str(err)}
+           **lat, "job_stderr": rel(err)}
     p, f = res["provisional"], res["final"]
     say(f"latency: provisional p50 {p['p50_s']}s p99 {p['p99_s']}s (n={p['n']}); "
         f"final p50 {f['p50_s']}s p99 {f['p99_s']}s (n={f['n']})")

@@ -46,6 +46,7 @@ from bench.common import (
     load_cfg,
     produce,
     python,
+    rel,
     run_process,
     say,
     spark_cmd,
@@ -211,7 +212,7 @@ def run_job(name: str, topic: str, work: Path, output_topic: str = "bench-out",
                       timeout=TIMEOUT_S)
     if not check and (res.returncode != 0 or not metrics.exists()):
         return {"name": name, "finished": False, "exit": res.returncode, "wall_s": res.wall_s,
-                "peak_rss_mb": res.peak_rss_mb, "error": res.tail(8), "stderr": str(res.stderr)}
+                "peak_rss_mb": res.peak_rss_mb, "error": res.tail(8), "stderr": rel(res.stderr)}
     m = _metrics(metrics, res, name)
     frames, q = m["frames"], m["query_seconds"]
     row = {"name": name, "topic": topic, "frames": frames, "query_s": q, "frames_per_s": round(frames / q, 1),

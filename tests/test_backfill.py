@@ -206,3 +206,19 @@ def test_read_ranges_gives_each_line_once_with_its_byte_offset(spark, tmp_path):
             assert n == tasks if tasks else n >= 3
     finally:
         spark.conf.unset("spark.sql.files.maxPartitionBytes")
+
+
+def test_a_kafka_range_is_read_by_at_least_as_many_tasks_as_cores(kafka, spark, cfg):
+    """One partition, few frames: the range is still split into offset ranges for every
+    core (minPartitions), as the stream's read is."""
+    from doodlestats.io.source import kafka_chunks
+    from tools.generator import GenConfig, generate
+    lines, _ = generate(GenConfig(count=400, rate=40, users=50, seed=83))
+    topic = new_topic(kafka, "range-tasks", 1)
+    from conftest import produce
+    produce(kafka, topic, lines)
+    chunks = kafka_chunks(cfg, topic, "earliest", "latest", "day", 5_000_000)
+    assert len(chunks) == 1 and chunks[0].size == len(lines)
+    df = chunks[0].read(spark, cfg)
+    assert df.rdd.getNumPartitions() >= max(spark.sparkContext.defaultParallelism, cfg.job.min_partitions, 2)
+    assert df.count() == len(lines)
