@@ -178,7 +178,8 @@ def test_purge_on_an_object_store(tmp_path):
                 n = 10 + batch
                 rows = pa.table({"reason": ["malformed_json"] * n, "raw": [b"{bad"] * n, "topic": ["t"] * n,
                                  "partition": [0] * n, "offset": list(range(n)), "file": [None] * n,
-                                 "line": [None] * n, "ts": [None] * n, "uid": [None] * n, "minute": [None] * n,
+                                 "line": [None] * n, "byte_offset": [None] * n, "ts": [None] * n, "uid": [None] * n,
+                                 "minute": [None] * n,
                                  "batch_id": [batch] * n,
                                  "quarantined_at": [dt.datetime.combine(day, dt.time(12), dt.timezone.utc)] * n,
                                  "date": [day] * n}, schema=SCHEMAS[QUARANTINE])

@@ -29,11 +29,11 @@ A port that is taken is one warning line, and the job runs without the endpoint.
 
 from __future__ import annotations
 
-import json
 import time
 from typing import Any
 
 from doodlestats.runtime.logs import logger
+from doodlestats.runtime.streaming import source_offsets
 
 __all__ = ["JobMetrics", "start"]
 
@@ -124,23 +124,13 @@ class JobMetrics:
         self.processed_rate.set(rate)
         self.trigger_seconds.set((progress.get("durationMs") or {}).get("triggerExecution", 0) / 1000)
         for src in progress.get("sources") or []:
-            end, latest = _offsets(src.get("endOffset")), _offsets(src.get("latestOffset"))
+            end, latest = source_offsets(src.get("endOffset")), source_offsets(src.get("latestOffset"))
             parts = sum(len(p) for p in latest.values()) or 1
             for topic, by_part in latest.items():
                 for p, off in by_part.items():
                     lag = max(0, int(off) - int(end.get(topic, {}).get(p, off)))
                     self.lag_frames.labels(topic, p).set(lag)
                     self.lag_seconds.labels(topic, p).set(lag / (rate / parts) if rate > 0 else 0.0)
-
-
-def _offsets(value) -> dict:
-    """``{topic: {partition: offset}}`` of a Kafka source's offsets in Spark's progress."""
-    if isinstance(value, str):
-        try:
-            value = json.loads(value)
-        except ValueError:
-            return {}
-    return value if isinstance(value, dict) else {}
 
 
 def start(host: str, port: int) -> JobMetrics:

@@ -21,6 +21,7 @@ Reliability:
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import signal
@@ -30,7 +31,7 @@ from doodlestats.io.offsets import DataLoss
 from doodlestats.runtime.logs import logger
 
 __all__ = ["BROKER_PATIENCE_S", "EXIT_BROKER_GONE", "FETCH_BYTES", "SPARK_KAFKA_RACE", "BrokerWatch", "StreamRunner",
-           "failed", "files_source", "kafka_source", "patient_kafka_sink", "process_cpu", "read_tasks"]
+           "failed", "files_source", "kafka_source", "patient_kafka_sink", "process_cpu", "read_tasks", "source_offsets"]
 
 _log = logger(__name__)
 
@@ -194,11 +195,25 @@ def drive(query, stop: dict, watch: BrokerWatch, until=None, on_tick=None) -> No
             break
 
 
+def source_offsets(value) -> dict:
+    """``{topic: {partition: offset}}`` of a Kafka source's offsets in Spark's progress:
+    JSON text, a dict, or — pyspark 4.0's ``SourceProgress`` turns them into ``str(dict)`` —
+    a Python literal. ``{}`` when there is none."""
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except ValueError:
+            try:
+                value = ast.literal_eval(value)
+            except (ValueError, SyntaxError):
+                return {}
+    return value if isinstance(value, dict) else {}
+
+
 def read_past(query, gaps) -> bool:
     """True once the query's last batch ended at or past the end of every gap."""
     try:
-        end = query.lastProgress["sources"][0]["endOffset"]
-        end = json.loads(end) if isinstance(end, str) else end
+        end = source_offsets(query.lastProgress["sources"][0]["endOffset"])
         return all(int(end[g.topic][str(g.partition)]) >= g.end for g in gaps)
     except (TypeError, KeyError, IndexError, ValueError):  # no batch yet
         return False
