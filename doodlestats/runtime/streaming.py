@@ -31,7 +31,8 @@ from doodlestats.io.offsets import DataLoss
 from doodlestats.runtime.logs import logger
 
 __all__ = ["BROKER_PATIENCE_S", "EXIT_BROKER_GONE", "FETCH_BYTES", "SPARK_KAFKA_RACE", "BrokerWatch", "StreamRunner",
-           "failed", "files_source", "kafka_source", "patient_kafka_sink", "process_cpu", "read_tasks", "source_offsets"]
+           "failed", "files_source", "kafka_source", "patient_kafka_sink", "process_cpu", "read_tasks",
+           "source_offsets"]
 
 _log = logger(__name__)
 
