@@ -38,6 +38,7 @@ from doodlestats.io.offsets import OffsetCheck
 from doodlestats.io.sinks import DeltaMinuteSink, Sink
 from doodlestats.io.state import JobState, StateStore
 from doodlestats.io.tables import MINUTE_STATS, MINUTE_UIDS, QUARANTINE, MinuteFiles, Tables
+from doodlestats.runtime import faults
 from doodlestats.runtime.config import Config
 from doodlestats.runtime.logs import logger
 
@@ -185,6 +186,7 @@ class MinuteStatsPipeline:
             t = rep.step("classify+count", t)
             staged = {**partials.staged, **self._stage_quarantine(src, classified, summary, few, rep)}  # job 3?
             t = rep.step("quarantine", t)
+            faults.reached("staged", rep.batch_id)
         finally:
             frames.unpersist()
         stored = self._stored(to_restore(self.driver, summary), st)
@@ -218,7 +220,10 @@ class MinuteStatsPipeline:
         counted = stages.counted(classified, self.cfg.job.late_corrections)
         version = (st.versions or {}).get(MINUTE_UIDS)
         known = self.known.files(gp.minutes, version) if self.cfg.job.mode == "exact" else []
-        return self.counter.partials(counted, batch_id, known, self.tables.committed(MINUTE_UIDS, batch_id))
+        replay = self.tables.committed(MINUTE_UIDS, batch_id)
+        if replay:  # the pairs this batch committed before a crash are not in memory: the next batch reads the log
+            self.known.reset()
+        return self.counter.partials(counted, batch_id, known, replay)
 
     def _stage_quarantine(self, src, classified, summary: BatchSummary, few, rep: BatchReport) -> dict:
         """Executors write the quarantine rows unless they came along with the counting pass."""
@@ -238,11 +243,14 @@ class MinuteStatsPipeline:
         file comes last (:meth:`_save`)."""
         for name, files in staged.items():
             self.tables.commit_files(name, files, batch_id)
+            faults.reached(name, batch_id)
         self.known.added(staged.get(MINUTE_UIDS, []))
         if few is not None and few.num_rows:
             self.tables.append(QUARANTINE, few, batch_id)
+            faults.reached(QUARANTINE, batch_id)
         for sink in self.sinks:
             sink.write(results, batch_id)
+            faults.reached(sink.name, batch_id)
 
     def _save(self, st: JobState, driver: DriverState, gp, last: dict, rep: BatchReport) -> None:
         more = self.offset_check.state(st, last, rep.batch_id) if self.offset_check else {}
@@ -250,6 +258,7 @@ class MinuteStatsPipeline:
         max_ts, partitions = (driver.max_ts, driver.partitions) if gp is not None else (st.max_ts, st.partitions)
         self.store.save(JobState(rep.batch_id, max_ts, driver.watermark, ref, partitions, self.tables.versions(),
                                  **more))
+        faults.reached("state", rep.batch_id)
         if self.offset_check:
             self.offset_check.saved()
         self.driver, self.loaded_for = driver, rep.batch_id

@@ -29,6 +29,8 @@ __all__ = ["Sink", "KafkaSink", "StdoutSink", "DeltaMinuteSink"]
 
 
 class Sink(Protocol):
+    name: str  # what it writes to (a crash point of the batch, see doodlestats.runtime.faults)
+
     def write(self, results: list[MinuteResult], batch_id: int) -> None:
         """Publish ``results``; raise if they could not be published."""
 
@@ -46,6 +48,7 @@ class KafkaSink:
 
     def __init__(self, bootstrap: str, topic: str, client_conf: dict | None = None, patience_s: float = 30,
                  on_delivered=None):
+        self.name = "kafka"
         self.topic, self.patience_s, self.on_delivered = topic, patience_s, on_delivered
         self.publisher = KafkaPublisher(bootstrap, topic, client_conf, patience_s)
 
@@ -62,6 +65,8 @@ class KafkaSink:
 class StdoutSink:
     """``--print``: final and corrected results as JSON lines on stdout."""
 
+    name = "stdout"
+
     def __init__(self, stream=None):
         self.stream = stream
 
@@ -75,6 +80,8 @@ class StdoutSink:
 
 class DeltaMinuteSink:
     """``minute_stats``: one row per minute, merged (absolute values: replays are harmless)."""
+
+    name = "minute_stats"
 
     def __init__(self, tables: Tables):
         self.tables = tables
