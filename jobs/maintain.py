@@ -33,11 +33,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                     help=f"comma-separated (default: {','.join(maintenance.TABLES)})")
     ap.add_argument("--before", metavar="YYYY-MM-DD",
                     help="compact date partitions before this date (default: the day before the newest minute)")
-    ap.add_argument("--target-mb", type=int, default=maintenance.TARGET_FILE_BYTES >> 20,
-                    help="size of a compacted file, MB (default 128)")
-    ap.add_argument("--vacuum-hours", type=int, default=maintenance.VACUUM_HOURS,
-                    help="delete unreferenced files older than this (default 168; at least 1: a running "
-                         "batch's staged files must stay)")
+    ap.add_argument("--target-mb", type=int,
+                    help="size of a compacted file, MB ([maintenance] target_mb, 128)")
+    ap.add_argument("--vacuum-hours", type=int,
+                    help="delete unreferenced files older than this ([maintenance] vacuum_hours, 168; at least 1: "
+                         "a running batch's staged files must stay)")
     ap.add_argument("--delta-path", help="root of the Delta tables ([paths] delta); a path or a URI")
     ap.add_argument("--conf-file", help="configuration file (default conf/doodle.toml)")
     args = ap.parse_args(argv)
@@ -50,7 +50,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             args.before = dt.date.fromisoformat(args.before)
         except ValueError:
             ap.error(f"--before: not a date (YYYY-MM-DD): {args.before!r}")
-    if args.vacuum_hours < 1 or args.target_mb < 1:
+    if (args.vacuum_hours is not None and args.vacuum_hours < 1) or (args.target_mb is not None and args.target_mb < 1):
         ap.error("--vacuum-hours and --target-mb must be at least 1")
     return args
 
@@ -63,7 +63,8 @@ def body(args) -> int:
     from doodlestats.io.uris import to_delta_uri
     from doodlestats.runtime.config import ConfigError, load_config
     try:
-        cfg = load_config(args.conf_file, {"paths.delta": args.delta_path})
+        cfg = load_config(args.conf_file, {"paths.delta": args.delta_path, "maintenance.target_mb": args.target_mb,
+                                           "maintenance.vacuum_hours": args.vacuum_hours})
         delta = str(cfg.path("delta"))
         tables = Tables(delta, PROG, delta_storage_options(delta, cfg))
     except (ConfigError, StorageError) as e:
@@ -74,7 +75,8 @@ def body(args) -> int:
         raise cli.JobError(f"no {', '.join(missing)} table below {delta} — run jobs/minute_stats.py first")
     _log.info(f"{PROG}: {', '.join(args.tables)} below {delta}")
     try:
-        maintenance.maintain(tables, args.tables, args.before, args.target_mb << 20, args.vacuum_hours,
+        maintenance.maintain(tables, args.tables, args.before, cfg.maintenance.target_mb << 20,
+                             cfg.maintenance.vacuum_hours,
                              progress=lambda rep: _log.info(f"{PROG}: {rep.line()}"))
     except Exception as e:  # noqa: BLE001 - a commit conflict, an unreachable store: one line
         raise cli.JobError(f"maintenance failed: {cli.first_line(e)}", cli.FAILED) from None

@@ -163,10 +163,13 @@ def build_pipeline(spark, cfg, args, offset_check):
     checkpoint, delta = str(cfg.path("checkpoint")), str(cfg.path("delta"))
     watch, progress = streaming.BrokerWatch(cfg.kafka.bootstrap_servers), Progress()
     live = metrics.start(cfg.metrics.host, cfg.metrics.port)
+    upkeep = scheduled_maintenance(cfg, delta)
 
     def on_batch(rep) -> None:
         progress(rep)
         live.on_batch(rep)
+        if not rep.skipped:
+            upkeep.on_batch(rep)
     sinks = [streaming.patient_kafka_sink(cfg, watch)] + ([StdoutSink()] if args.print else [])
     pipeline = MinuteStatsPipeline(spark, cfg, checkpoint, delta, sinks=sinks, on_batch=on_batch,
                                    storage_options=delta_storage_options(delta, cfg), offset_check=offset_check)
@@ -174,9 +177,23 @@ def build_pipeline(spark, cfg, args, offset_check):
               f"→ {cfg.kafka.output_topic} + {delta} | mode {cfg.job.mode} | parser {cfg.job.parser} | "
               f"watermark {cfg.job.watermark_s}s | checkpoint {checkpoint}")
     if cfg.job.warm_up_frames and not args.available_now:  # live: the first results must be on time
-        _log.info(f"minute_stats: warm-up on {cfg.job.warm_up_frames:,} synthetic frames took "
-                  f"{warm_up(spark, cfg, cfg.job.warm_up_frames):.1f}s")
-    return pipeline, watch, progress, live
+        restart = pipeline.latest_state().batch_id
+        if restart >= 0:  # a restart first catches up what came while it was down: that batch warms up
+            _log.info(f"minute_stats: restart after batch {restart}: no warm-up")
+        else:
+            _log.info(f"minute_stats: warm-up on {cfg.job.warm_up_frames:,} synthetic frames took "
+                      f"{warm_up(spark, cfg, cfg.job.warm_up_frames):.1f}s")
+    return pipeline, watch, progress, live, upkeep
+
+
+def scheduled_maintenance(cfg, delta: str):
+    """The tables' maintenance in the background, as ``[maintenance]`` says."""
+    from doodlestats.io.maintenance import Scheduled
+    from doodlestats.io.storage import delta_storage_options
+    from doodlestats.io.tables import Tables
+    m = cfg.maintenance
+    return Scheduled(lambda: Tables(delta, "maintain", delta_storage_options(delta, cfg)), m.every_batches,
+                     m.every_minutes, m.target_mb << 20, m.vacuum_hours, lambda msg: _log.info(f"minute_stats: {msg}"))
 
 
 def body(args) -> int:
@@ -205,7 +222,7 @@ def stream(spark, cfg, args, offset_check) -> int:
     """The stream until it ends or stops; then the final flush, the metrics, the table."""
     from doodlestats.runtime import streaming
     started = time.time()
-    pipeline, watch, progress, live = build_pipeline(spark, cfg, args, offset_check)
+    pipeline, watch, progress, live, upkeep = build_pipeline(spark, cfg, args, offset_check)
     checkpoint = str(cfg.path("checkpoint"))
     on_tick = (lambda q: live.on_progress(q.lastProgress)) if live.server is not None else None
     runner = streaming.StreamRunner(spark, cfg, pipeline, args.source, args.input_path, checkpoint, offset_check,
@@ -214,6 +231,7 @@ def stream(spark, cfg, args, offset_check) -> int:
         code = runner.run()
     finally:
         live.close()
+        upkeep.close()
     if code == 0 and args.available_now and not runner.stop["requested"]:
         pipeline.flush()
     if args.metrics_file:

@@ -59,6 +59,32 @@ def test_settled_dates_are_compacted_and_the_newest_left_alone(tmp_path):
     assert rows_after == rows_before
 
 
+def test_the_job_runs_maintenance_in_the_background_every_n_batches(tmp_path):
+    """:class:`Scheduled` as the live job uses it: the third batch starts a run in a thread
+    of its own, which compacts the settled date; the batches in between start none."""
+    from doodlestats.batch.results import FINAL, MinuteResult, rows_table
+    from doodlestats.io.maintenance import Scheduled
+    from doodlestats.io.tables import MINUTE_UIDS, Tables
+    t = Tables(tmp_path, "test")
+    t.ensure()
+    for day in range(3):
+        for k in range(3):
+            t.append(MINUTE_UIDS, _pairs(T0 + day * DAY + 60 * k, range(k, k + 5)), day * 3 + k)
+    t.upsert_minutes(rows_table([MinuteResult(T0 + 2 * DAY, 1, 1, FINAL, "exact", None, 0.0)], 0), 0)
+    said: list[str] = []
+    upkeep = Scheduled(lambda: Tables(tmp_path, "maintain"), every_batches=3, every_minutes=0,
+                       target_bytes=1 << 20, vacuum_hours=1, say=said.append)
+    upkeep.on_batch()
+    upkeep.on_batch()
+    assert upkeep.thread is None
+    upkeep.on_batch()
+    upkeep.close(120)
+    assert upkeep.runs == 1 and upkeep.failures == 0 and upkeep.thread is not None
+    assert said and said[0].startswith("maintenance in") and "minute_uids 9 → 7 files" in said[0], said
+    upkeep.on_batch()
+    assert upkeep.batches == 1  # counting again towards the next run
+
+
 def test_the_command_line_says_what_is_wrong_in_one_line(tmp_path):
     for args, want in ((["--tables", "nope"], "maintain: error: --tables: nope"),
                        (["--before", "yesterday"], "maintain: error: --before: not a date"),

@@ -13,21 +13,27 @@ correction reads the files its batch saw in the log, which a vacuum keeps for
 the clean-up of log entries older than the table's log retention.
 
     reports = maintain(Tables("data/delta", "maintain"))      # jobs/maintain.py
+
+The live job runs the same in a background thread (:class:`Scheduled`, ``[maintenance]``
+every N batches or minutes), on a :class:`Tables` of its own, so a batch never waits for it.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from doodlestats.io.tables import MINUTE_STATS, MINUTE_UIDS, QUARANTINE, Tables
+from doodlestats.runtime.config import MaintenanceConf
 
-__all__ = ["TABLES", "TARGET_FILE_BYTES", "VACUUM_HOURS", "TableReport", "settled_before", "maintain"]
+__all__ = ["TABLES", "TARGET_FILE_BYTES", "VACUUM_HOURS", "TableReport", "Scheduled", "settled_before", "maintain"]
 
 TABLES = (MINUTE_UIDS, QUARANTINE, MINUTE_STATS)
-TARGET_FILE_BYTES = 128 << 20
-VACUUM_HOURS = 168
+TARGET_FILE_BYTES = MaintenanceConf.target_mb << 20
+VACUUM_HOURS = MaintenanceConf.vacuum_hours
 
 
 @dataclass
@@ -95,3 +101,56 @@ def _one(tables: Tables, name: str, before: dt.date | None, target_bytes: int, v
     rep.files_after, rep.version = len(table.file_uris()), table.version()
     rep.seconds = time.time() - t0
     return rep
+
+
+class Scheduled:
+    """:func:`maintain` in a background thread of the live job, every ``every_batches``
+    batches or ``every_minutes`` minutes, whichever comes first (0: that trigger off); one
+    run at a time. A run that fails is one line to ``say`` and tried again at the next
+    trigger; the job goes on.
+
+    ``make_tables()`` gives the run its own :class:`Tables` (the job's are the batch thread's).
+    :meth:`on_batch` is called after each committed batch; :meth:`close` waits for a run.
+    """
+
+    def __init__(self, make_tables: Callable[[], Tables], every_batches: int, every_minutes: float,
+                 target_bytes: int, vacuum_hours: int, say: Callable[[str], None]):
+        self.make_tables, self.say = make_tables, say
+        self.every_batches, self.every_s = every_batches, every_minutes * 60
+        self.target_bytes, self.vacuum_hours = target_bytes, vacuum_hours
+        self.batches, self.last = 0, time.monotonic()
+        self.runs, self.failures = 0, 0
+        self.thread: threading.Thread | None = None
+
+    @property
+    def enabled(self) -> bool:
+        return self.every_batches > 0 or self.every_s > 0
+
+    def due(self) -> bool:
+        return (self.every_batches > 0 and self.batches >= self.every_batches) or \
+            (self.every_s > 0 and time.monotonic() - self.last >= self.every_s)
+
+    def on_batch(self, _report=None) -> None:
+        """A batch was committed: start a run if one is due and none is running."""
+        self.batches += 1
+        if not self.enabled or not self.due() or (self.thread is not None and self.thread.is_alive()):
+            return
+        self.batches, self.last = 0, time.monotonic()
+        self.thread = threading.Thread(target=self._run, name="doodle-maintenance", daemon=True)
+        self.thread.start()
+
+    def close(self, timeout: float | None = None) -> None:
+        if self.thread is not None:
+            self.thread.join(timeout)
+
+    def _run(self) -> None:
+        t0 = time.time()
+        try:
+            reps = maintain(self.make_tables(), target_bytes=self.target_bytes, vacuum_hours=self.vacuum_hours)
+        except Exception as e:  # noqa: BLE001 - a conflict, an unreachable store: say it, try at the next trigger
+            self.failures += 1
+            self.say(f"maintenance failed (tried again at the next trigger): {str(e).splitlines()[0][:300]}")
+            return
+        self.runs += 1
+        self.say(f"maintenance in {time.time() - t0:.1f}s: " + "; ".join(
+            f"{r.table} {r.files_before:,} → {r.files_after:,} files, {r.vacuumed:,} vacuumed" for r in reps))

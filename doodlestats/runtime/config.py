@@ -23,7 +23,7 @@ from typing import Any, Mapping
 from doodlestats.io.uris import is_uri
 
 __all__ = ["REPO_ROOT", "DEFAULT_CONF", "ConfigError", "KafkaConf", "JobConf", "GuardConf", "PathsConf", "SparkConf",
-           "StorageConf", "QuarantineConf", "MetricsConf", "Config", "load_config"]
+           "StorageConf", "QuarantineConf", "MetricsConf", "MaintenanceConf", "Config", "load_config"]
 
 def _repo_root() -> Path:
     """The project folder: $DOODLE_HOME, else the folder holding this package (when it is
@@ -141,6 +141,17 @@ class MetricsConf:
 
 
 @dataclass(frozen=True)
+class MaintenanceConf:
+    # the live job compacts, checkpoints and vacuums its tables in the background (see
+    # doodlestats.io.maintenance) every so many batches or minutes, whichever comes first
+    # (0 turns that trigger off; both 0: only `jobs/maintain.py`)
+    every_batches: int = 0
+    every_minutes: int = 60
+    target_mb: int = 128     # size of a compacted file
+    vacuum_hours: int = 168  # unreferenced files older than this are deleted (at least 1)
+
+
+@dataclass(frozen=True)
 class Config:
     kafka: KafkaConf = field(default_factory=KafkaConf)
     job: JobConf = field(default_factory=JobConf)
@@ -150,6 +161,7 @@ class Config:
     storage: StorageConf = field(default_factory=StorageConf)
     quarantine: QuarantineConf = field(default_factory=QuarantineConf)
     metrics: MetricsConf = field(default_factory=MetricsConf)
+    maintenance: MaintenanceConf = field(default_factory=MaintenanceConf)
 
     def path(self, which: str) -> Path | str:
         """Where ``paths.<which>`` is: a URI (``s3a://bucket/x``, ``file:///x``, ...)
@@ -168,7 +180,8 @@ class Config:
 
 _SECTIONS = {f.name: f.type for f in dataclasses.fields(Config)}
 _CLASSES = {"kafka": KafkaConf, "job": JobConf, "guard": GuardConf, "paths": PathsConf, "spark": SparkConf,
-            "storage": StorageConf, "quarantine": QuarantineConf, "metrics": MetricsConf}
+            "storage": StorageConf, "quarantine": QuarantineConf, "metrics": MetricsConf,
+            "maintenance": MaintenanceConf}
 
 
 def _coerce(key: str, value: Any, default: Any) -> Any:
@@ -224,10 +237,6 @@ def _check(cfg: Config) -> None:
         raise ConfigError(f"job.idle_partition_s: must be > 0, got {j.idle_partition_s}")
     if j.on_data_loss not in ("fail", "skip"):
         raise ConfigError(f"job.on_data_loss: expected fail or skip, got {j.on_data_loss!r}")
-    if not 0 <= cfg.metrics.port <= 65535:
-        raise ConfigError(f"metrics.port: must be 0 (no endpoint) or a TCP port, got {cfg.metrics.port}")
-    if cfg.quarantine.retention_days < 0:
-        raise ConfigError(f"quarantine.retention_days: must be >= 0, got {cfg.quarantine.retention_days}")
     if k.max_message_bytes < 1024:
         raise ConfigError(f"kafka.max_message_bytes: must be >= 1024, got {k.max_message_bytes}")
     if k.security_protocol not in ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"):
@@ -254,6 +263,22 @@ def _check(cfg: Config) -> None:
     if cfg.spark.shuffle_partitions < 1:
         raise ConfigError("spark.shuffle_partitions must be >= 1")
     _check_storage(cfg.storage)
+    _check_operations(cfg)
+
+
+def _check_operations(cfg: Config) -> None:
+    """The settings of running it: metrics, maintenance, quarantine retention."""
+    if not 0 <= cfg.metrics.port <= 65535:
+        raise ConfigError(f"metrics.port: must be 0 (no endpoint) or a TCP port, got {cfg.metrics.port}")
+    mt = cfg.maintenance
+    if mt.every_batches < 0 or mt.every_minutes < 0:
+        raise ConfigError(f"maintenance.every_batches and every_minutes: must be >= 0 (0: off), got "
+                          f"{mt.every_batches} and {mt.every_minutes}")
+    if mt.target_mb < 1 or mt.vacuum_hours < 1:
+        raise ConfigError(f"maintenance.target_mb and vacuum_hours: must be >= 1 (a running batch's staged files "
+                          f"must stay), got {mt.target_mb} and {mt.vacuum_hours}")
+    if cfg.quarantine.retention_days < 0:
+        raise ConfigError(f"quarantine.retention_days: must be >= 0, got {cfg.quarantine.retention_days}")
 
 
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
