@@ -129,7 +129,7 @@ def stdin_inputs(spark, cfg, checkpoint: str, rid: str) -> list[str]:
     """stdin spooled to local files (and copied next to the checkpoint when that is a URI:
     executors elsewhere cannot see the driver's disk)."""
     from doodlestats.io import source
-    from doodlestats.io.storage import HadoopFS
+    from doodlestats.io.fs import HadoopFS
     from doodlestats.io.uris import is_uri, join
     local = os.path.join(str(cfg.path("checkpoint")) if not is_uri(checkpoint) else "/tmp", "backfill-stdin", rid)
     inputs = source.spool_stdin(local)

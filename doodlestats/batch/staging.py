@@ -78,7 +78,7 @@ def write_staged(df, stage_uri: str, minute_stats: bool = True) -> tuple[list[Fi
     record each file's minute range (False where ``minute`` may be null)."""
     from pyspark.sql import functions as F
 
-    from doodlestats.io.storage import HadoopFS
+    from doodlestats.io.fs import HadoopFS
     spark = df.sparkSession
     tasked = df.withColumn("_task", F.spark_partition_id())
     with observed(tasked, F.expr(tally_col("minute", src="date", partition="_task"))) as (watched, get):
