@@ -37,7 +37,10 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any
 
+from pyspark.sql import functions as F
+
 from doodlestats.batch import sketch
+from doodlestats.batch.staging import count_by_minute, write_staged
 from doodlestats.io.tables import MINUTE_UIDS, FileMeta, Tables
 
 __all__ = ["Counter", "ExactCounter", "ExactWithSketches", "HllCounter", "Partials", "make_counter", "hll_lg_k",
@@ -103,9 +106,6 @@ class ExactCounter(Counter):
     mode = "exact"
 
     def partials(self, counted, batch_id, known_files, replay):
-        from pyspark.sql import functions as F
-
-        from doodlestats.batch.staging import count_by_minute, write_staged
         pairs = counted.select("minute", "uid").distinct()
         if known_files:
             known = (counted.sparkSession.read.schema(PAIRS_SCHEMA).parquet(*known_files)
@@ -140,7 +140,6 @@ class HllCounter(Counter):
         self.rsd = hll_rsd(self.lg_k)
 
     def partials(self, counted, batch_id, known_files, replay):
-        from pyspark.sql import functions as F
         rows = counted.groupBy("minute").agg(F.expr(f"hll_sketch_agg(uid, {self.lg_k})").alias("sk")).collect()
         return Partials(per_minute={r["minute"]: bytes(r["sk"]) for r in rows})
 

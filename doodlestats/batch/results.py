@@ -24,11 +24,12 @@ from dataclasses import dataclass
 import orjson
 import pyarrow as pa
 
-__all__ = ["PROVISIONAL", "FINAL", "CORRECTED", "STATUSES", "FIELDS", "MINUTE_STATS_SCHEMA",
+__all__ = ["PROVISIONAL", "FINAL", "CORRECTED", "STATUSES", "MODES", "FIELDS", "MINUTE_STATS_SCHEMA",
            "Field", "Published", "MinuteResult", "json_schema", "object_schema", "rows_table", "iso", "now_iso_ms"]
 
 PROVISIONAL, FINAL, CORRECTED = "provisional", "final", "corrected"
 STATUSES = (PROVISIONAL, FINAL, CORRECTED)
+MODES = ("exact", "approx")  # counting modes: exact distinct uids, or HyperLogLog sketches
 _TS = pa.timestamp("us", tz="UTC")
 _MINUTE_PATTERN = "^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:00Z$"
 
@@ -55,7 +56,7 @@ FIELDS: tuple[Field, ...] = (
     Field("status", {"enum": list(STATUSES)}, pa.string(),
           description="provisional: the minute is still open; final: the watermark passed its end; "
                       "corrected: late frames changed a final minute."),
-    Field("mode", {"enum": ["exact", "approx"]}, pa.string()),
+    Field("mode", {"enum": list(MODES)}, pa.string()),
     Field("rsd", {"type": "number", "exclusiveMinimum": 0}, pa.float64(), required=False,
           description="Relative standard deviation of the HyperLogLog estimate (approx only)."),
     Field("emitted_at", {"type": "string"}, _TS,
