@@ -55,6 +55,8 @@ def hll_lg_k(rsd: float) -> int:
 
 
 def hll_rsd(lg_k: int) -> float:
+    """The relative standard error 1.04/sqrt(2^lg_k) of an HLL sketch of lgConfigK ``lg_k``
+    (rounded to 5 digits): the ``rsd`` published with approx counts."""
     return round(1.04 / math.sqrt(2 ** lg_k), 5)
 
 
@@ -99,10 +101,15 @@ class Counter(ABC):
         """Distinct users of a minute with ``value``."""
 
     def sketch(self, value: Any) -> bytes | None:
+        """The serialized HLL sketch of a minute with ``value`` for ``minute_stats.hll``
+        (None: this counter keeps none)."""
         return None
 
 
 class ExactCounter(Counter):
+    """Exact distinct users: a minute's value is its user count; the new (minute, uid)
+    pairs of a batch are written to ``minute_uids`` (see the module docstring)."""
+
     mode = "exact"
 
     def partials(self, counted, batch_id, known_files, replay):
@@ -132,6 +139,9 @@ class ExactCounter(Counter):
 
 
 class HllCounter(Counter):
+    """Approximate distinct users: a minute's value is ``(sketch bytes, estimate)``, an HLL
+    sketch of lgConfigK :func:`hll_lg_k` of ``rsd``, merged on the driver."""
+
     mode = "approx"
 
     def __init__(self, tables: Tables, rsd: float):

@@ -142,6 +142,8 @@ def json_schema() -> dict:
 
 @dataclass(frozen=True)
 class RollupResult(Published):
+    """The value of one period as published (:data:`FIELDS`) and stored in ``rollup_<grain>``."""
+
     grain: str
     start: int             # epoch seconds of period_start
     unique_users: int
@@ -229,6 +231,9 @@ class RollupError(RuntimeError):
 
 @dataclass
 class GrainReport:
+    """What :meth:`Rollups.run` did for one grain: the versions compared, the periods
+    recomputed, skipped and deleted, their results."""
+
     grain: str
     mode: str
     source_version: int                 # minute_stats version read

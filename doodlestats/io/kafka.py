@@ -103,6 +103,8 @@ def spark_kafka_options(cfg: Config, bootstrap: str | None = None) -> dict[str, 
 
 
 def admin_client(cfg: Config, **extra):
+    """A librdkafka admin client with :func:`client_settings` of ``cfg``, plus ``extra``
+    settings (e.g. ``error_cb``)."""
     return AdminClient({**client_settings(cfg), **extra})
 
 

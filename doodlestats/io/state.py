@@ -137,6 +137,7 @@ class StateStore:
         return f"{self.dir}/{batch_id:012d}.json"
 
     def done(self, batch_id: int) -> bool:
+        """True if batch ``batch_id`` completed (its state file is there)."""
         return self.fs.exists(self._file(batch_id))
 
     def ids(self) -> list[int]:
