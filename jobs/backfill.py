@@ -34,9 +34,17 @@ from pathlib import Path
 
 import _bootstrap  # noqa: F401 - doodlestats importable from a clone
 
+from doodlestats.batch.progress import Progress as Totals
+from doodlestats.history.periods import parse_time
+from doodlestats.io.kafka import KafkaUnavailable, check_kafka
+from doodlestats.io.storage import configure_spark, delta_storage_options
+from doodlestats.io.uris import is_uri, join
 from doodlestats.runtime import cli
 from doodlestats.runtime.config import ConfigError, load_config
 from doodlestats.runtime.logs import logger
+
+# The modules that import Spark (session, source, fs, pipeline, sinks) are imported in the
+# functions that use them: --help and argument errors stay fast and need no Spark.
 
 PROG = "backfill"
 _log = logger(PROG)
@@ -77,7 +85,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         if getattr(args, name) <= 0:
             ap.error(f"--{name.replace('_', '-')} must be positive")
     if args.topic:
-        from doodlestats.history.periods import parse_time
         for flag, v in (("--from", args.start), ("--to", args.end)):
             if v not in ("earliest", "latest"):
                 try:
@@ -129,8 +136,7 @@ def stdin_inputs(spark, cfg, checkpoint: str, rid: str) -> list[str]:
     """stdin spooled to local files (and copied next to the checkpoint when that is a URI:
     executors elsewhere cannot see the driver's disk)."""
     from doodlestats.io import source
-    from doodlestats.io.storage import HadoopFS
-    from doodlestats.io.uris import is_uri, join
+    from doodlestats.io.fs import HadoopFS
     local = os.path.join(str(cfg.path("checkpoint")) if not is_uri(checkpoint) else "/tmp", "backfill-stdin", rid)
     inputs = source.spool_stdin(local)
     if not is_uri(checkpoint):
@@ -157,7 +163,6 @@ def plan_chunks(spark, cfg, args, checkpoint: str, rid: str):
 def open_spark(args, cfg, overrides: dict, delta: str, checkpoint: str):
     """The session (object-store settings included) and the config, falling back to the
     Python parser when the JVM one is not on the classpath."""
-    from doodlestats.io.storage import configure_spark
     from doodlestats.runtime.session import get_spark, has_fast_parser
     spark = get_spark("backfill", cfg)
     configure_spark(spark, cfg, checkpoint=checkpoint, outputs=[delta])
@@ -170,9 +175,7 @@ def open_spark(args, cfg, overrides: dict, delta: str, checkpoint: str):
 def run_chunks(spark, cfg, args, chunks, unit: str, delta: str, checkpoint: str, rid: str) -> None:
     """Every chunk not done yet through the pipeline, then the open minutes as final."""
     from doodlestats.batch.pipeline import MinuteStatsPipeline
-    from doodlestats.batch.progress import Progress as Totals
     from doodlestats.io.sinks import StdoutSink
-    from doodlestats.io.storage import delta_storage_options
     totals = Totals(show=False)
     pipeline = MinuteStatsPipeline(spark, cfg, checkpoint, delta, sinks=[StdoutSink()] if args.print else [],
                                    storage_options=delta_storage_options(delta, cfg),
@@ -198,8 +201,6 @@ def run_chunks(spark, cfg, args, chunks, unit: str, delta: str, checkpoint: str,
 
 
 def body(args) -> int:
-    from doodlestats.io.kafka import KafkaUnavailable, check_kafka
-    from doodlestats.io.uris import join
     from doodlestats.runtime.session import require_connectors
     overrides = {"kafka.bootstrap_servers": args.bootstrap_servers, "job.parser": args.parser, "job.rsd": args.rsd,
                  "job.mode": "exact", "paths.delta": args.delta_path}

@@ -19,6 +19,8 @@ import sys
 
 import _bootstrap  # noqa: F401 - doodlestats importable from a clone
 
+from doodlestats.io.kafka import KafkaUnavailable, check_kafka, spark_kafka_options
+from doodlestats.runtime.cli import register_driver
 from doodlestats.runtime.config import ConfigError, load_config
 from doodlestats.runtime.logs import logger
 
@@ -26,7 +28,6 @@ _log = logger("frame_counts")
 
 
 def main(argv: list[str] | None = None) -> int:
-    from doodlestats.runtime.cli import register_driver
     register_driver()
     ap = argparse.ArgumentParser(prog="jobs/frame_counts.py", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -43,11 +44,11 @@ def main(argv: list[str] | None = None) -> int:
         _log.error(f"frame_counts: error: {e}")
         return 2
 
+    # Spark and the modules that import it, only now: --help and argument errors stay fast
     from pyspark.sql import functions as F
 
     from doodlestats.batch.parse import parse_frames
     from doodlestats.batch.window import minute_col
-    from doodlestats.io.kafka import KafkaUnavailable, check_kafka, spark_kafka_options
     from doodlestats.runtime.session import get_spark, require_connectors
     require_connectors(prog="frame_counts")  # one line, not a stack trace, if a jar is missing
     try:  # no broker, refused credentials, missing topic: one line before Spark starts

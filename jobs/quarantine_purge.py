@@ -39,8 +39,14 @@ import time
 
 import _bootstrap  # noqa: F401 - doodlestats importable from a clone
 
+from doodlestats.io.storage import delta_storage_options
+from doodlestats.io.uris import StorageError, to_delta_uri
 from doodlestats.runtime import cli
+from doodlestats.runtime.config import ConfigError, load_config
 from doodlestats.runtime.logs import logger
+
+# delta-rs, pyarrow and the tables module are imported in the functions that use them:
+# --help and argument errors stay fast.
 
 PROG = "quarantine_purge"
 COMMIT_ATTEMPTS = 5
@@ -95,10 +101,7 @@ def open_quarantine(args):
     """(the quarantine's delta-rs handle, its URI, retention days); raises cli.JobError."""
     from deltalake import DeltaTable
 
-    from doodlestats.io.storage import delta_storage_options
     from doodlestats.io.tables import QUARANTINE, Tables
-    from doodlestats.io.uris import StorageError, to_delta_uri
-    from doodlestats.runtime.config import ConfigError, load_config
     try:
         cfg = load_config(args.conf_file, {"paths.delta": args.delta_path})
         delta = str(cfg.path("delta"))

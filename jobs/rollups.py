@@ -16,14 +16,25 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import TYPE_CHECKING
 
 import _bootstrap  # noqa: F401 - doodlestats importable from a clone
 
-from doodlestats.batch.results import iso
+from doodlestats.batch.results import MODES, iso
 from doodlestats.history.periods import GRAINS, parse_time
-from doodlestats.history.rollups import MODES, RollupError, RollupResult, Rollups
+from doodlestats.io.kafka import KafkaUnavailable, check_kafka, client_settings, ensure_topic
+from doodlestats.io.publish import KafkaPublisher, PublishError
+from doodlestats.io.storage import configure_spark, delta_storage_options
+from doodlestats.io.uris import StorageError, join, to_delta_uri
 from doodlestats.runtime import cli
+from doodlestats.runtime.config import ConfigError, load_config
 from doodlestats.runtime.logs import logger
+
+# Spark, delta-rs and the modules that import them (the rollup engine, the tables, the
+# session) are imported in the functions that use them: --help and argument errors stay
+# fast and need no Spark.
+if TYPE_CHECKING:
+    from doodlestats.history.rollups import RollupResult
 
 PROG = "rollups"
 _log = logger(PROG)
@@ -98,10 +109,7 @@ def open_delta(args):
     """(config, Delta root, storage options) — a one-line error unless ``minute_stats`` is there."""
     from deltalake import DeltaTable
 
-    from doodlestats.io.storage import delta_storage_options
     from doodlestats.io.tables import MINUTE_STATS, Tables
-    from doodlestats.io.uris import StorageError, join, to_delta_uri
-    from doodlestats.runtime.config import ConfigError, load_config
     try:
         cfg = load_config(args.conf_file, {"job.mode": args.mode, "job.rsd": args.rsd, "paths.delta": args.delta_path,
                                            "kafka.bootstrap_servers": args.bootstrap_servers})
@@ -124,8 +132,6 @@ def emitter(args, cfg):
     """The function that prints and/or publishes each grain's recomputed periods."""
     publisher = None
     if args.output_topic:
-        from doodlestats.io.kafka import KafkaUnavailable, check_kafka, client_settings, ensure_topic
-        from doodlestats.io.publish import KafkaPublisher
         try:
             check_kafka(cfg, need_input=False)
             ensure_topic(cfg, args.output_topic, 1)
@@ -144,8 +150,7 @@ def emitter(args, cfg):
 
 def run(args, cfg, delta: str, opts: dict, emit) -> None:
     """Every grain asked for, in one Spark session."""
-    from doodlestats.io.publish import PublishError
-    from doodlestats.io.storage import configure_spark
+    from doodlestats.history.rollups import RollupError, Rollups
     from doodlestats.runtime.session import get_spark, require_connectors
     require_connectors(kafka=False, prog=PROG)
     spark = get_spark(PROG, cfg)

@@ -14,7 +14,8 @@ import pytest
 from conftest import ROOT, write_conf
 
 from doodlestats.io import storage
-from doodlestats.io.storage import HadoopFS, delta_storage_options, spark_conf, spark_hadoop_conf
+from doodlestats.io.fs import HadoopFS
+from doodlestats.io.storage import delta_storage_options, spark_conf, spark_hadoop_conf
 from doodlestats.io.uris import StorageError, is_uri, join, local_path, to_delta_uri, to_spark_uri
 from doodlestats.runtime.config import REPO_ROOT, ConfigError, load_config
 from tools import s3_local

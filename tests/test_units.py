@@ -13,6 +13,7 @@ from conftest import ROOT
 from doodlestats.batch import guard
 from doodlestats.batch.counting import hll_lg_k, hll_rsd
 from doodlestats.batch.results import MinuteResult, iso
+from doodlestats.io.fs import LocalFS, fs_for
 from doodlestats.io.state import JobState, StateStore
 from doodlestats.runtime.config import ConfigError, load_config
 
@@ -96,6 +97,21 @@ def test_state_store_prunes_old_files(tmp_path):
     for i in range(60):
         s.save(JobState(i))
     assert len(s.ids()) == 50 and s.ids()[-1] == 59
+
+
+def test_local_fs_writes_in_one_piece_and_lists_names(tmp_path):
+    fs = fs_for(f"file://{tmp_path}")
+    assert isinstance(fs, LocalFS)
+    fs.write_text(tmp_path / "d" / "a.json", "1")
+    fs.write_text(tmp_path / "d" / "a.json", "2")
+    (tmp_path / "d" / ".hidden").write_text("")
+    assert [f.name for f in fs.list(tmp_path / "d")] == ["a.json"]  # no temporary file left
+    assert fs.read_text(tmp_path / "d" / "a.json") == "2"
+    with pytest.raises(FileExistsError):
+        fs.write_text(tmp_path / "d" / "a.json", "3", overwrite=False)
+    assert fs.delete(tmp_path / "d", recursive=True) and not fs.exists(tmp_path / "d") and fs.list(tmp_path / "d") == []
+    with pytest.raises(ValueError, match="Spark session"):
+        fs_for("s3a://bucket/ckpt")
 
 
 # ---------------------------------------------------------------- approx sizing

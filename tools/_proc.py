@@ -3,8 +3,11 @@ cluster_local, s3_local): they start servers on 127.0.0.1 and stop them by PID."
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import socket
+import time
 
 
 def port_open(host: str, port: int) -> bool:
@@ -32,9 +35,6 @@ def pid_alive(pid: int) -> bool:
 def terminate(pid: int, timeout: float, say=None) -> None:
     """SIGTERM ``pid``, SIGKILL if it is still alive after ``timeout`` s; returns once it is
     gone (and reaped, if it is our child)."""
-    import contextlib
-    import signal
-    import time
     try:
         os.kill(pid, signal.SIGTERM)
     except ProcessLookupError:

@@ -144,7 +144,7 @@ def running_cluster() -> Cluster | None:
 
 
 def spark_class() -> Path:
-    import pyspark
+    import pyspark  # only here: `down` and `status` run before (or without) a complete virtualenv
     path = Path(pyspark.__file__).resolve().parent / "bin" / "spark-class"
     if not path.exists():
         raise ClusterError(f"{path} is missing — run `make setup`")

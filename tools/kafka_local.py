@@ -38,7 +38,10 @@ import time
 import uuid
 from pathlib import Path
 
-from doodlestats.io.kafka import KafkaUnavailable
+from confluent_kafka.admin import ScramCredentialInfo, ScramMechanism, UserScramCredentialUpsertion
+
+from doodlestats.io.kafka import KafkaRejected, KafkaUnavailable, admin_client, metadata
+from doodlestats.io.kafka import ensure_topic as _ensure
 from doodlestats.runtime.config import REPO_ROOT, Config, ConfigError, load_config
 from tools._proc import pid_alive, port_open, terminate  # noqa: F401
 
@@ -248,11 +251,8 @@ def _run_tool(args: list[str]) -> None:
 
 
 def _admin(cfg: Config, **extra):
-    from confluent_kafka.admin import AdminClient
-
-    from doodlestats.io.kafka import client_settings
     try:
-        return AdminClient({**client_settings(cfg), **extra})
+        return admin_client(cfg, **extra)
     except KafkaUnavailable as e:
         raise BrokerError(str(e)) from None
 
@@ -261,7 +261,6 @@ def wait_ready(cfg: Config, timeout: float = 90.0, pid: int | None = None) -> No
     """Wait until the broker answers a metadata request, through the security settings of
     ``cfg``. Credentials or a certificate the broker refuses end the wait at once with
     :class:`doodlestats.io.kafka.KafkaRejected` (one line saying what to check)."""
-    from doodlestats.io.kafka import KafkaRejected, KafkaUnavailable, metadata
     deadline = time.monotonic() + timeout
     last = None
     while time.monotonic() < deadline:
@@ -282,8 +281,6 @@ def wait_ready(cfg: Config, timeout: float = 90.0, pid: int | None = None) -> No
 
 def ensure_topic(cfg: Config, name: str, partitions: int) -> bool:
     """Create ``name`` with ``partitions`` partitions if it does not exist. True if created."""
-    from doodlestats.io.kafka import KafkaUnavailable
-    from doodlestats.io.kafka import ensure_topic as _ensure
     try:
         return _ensure(cfg, name, partitions)
     except KafkaUnavailable as e:
@@ -317,7 +314,6 @@ def _write_private(path: Path, text: str) -> None:
 def add_scram_users(cfg: Config, users: dict[str, str]) -> None:
     """Create (or update) SCRAM-SHA-256 and -512 credentials of ``users`` through the
     PLAINTEXT listener: SCRAM credentials live in the cluster metadata, not in a file."""
-    from confluent_kafka.admin import ScramCredentialInfo, ScramMechanism, UserScramCredentialUpsertion
     admin = _admin(cfg, log_level=3)  # alive until every future is done; no info lines on exit
     for mech in (ScramMechanism.SCRAM_SHA_256, ScramMechanism.SCRAM_SHA_512):  # one per user and request
         ups = [UserScramCredentialUpsertion(u, ScramCredentialInfo(mech, 8192), p.encode())

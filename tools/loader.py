@@ -85,11 +85,18 @@ import os
 import signal
 import sys
 import time
+from collections import Counter
 from functools import partial
 from pathlib import Path
 from typing import Any, TextIO
 
+import simdjson
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
+from isal import igzip_threaded
+
+from doodlestats.io.kafka import KafkaRejected, KafkaUnavailable, client_settings
 from doodlestats.runtime.config import REPO_ROOT, Config, ConfigError, load_config
+from tools import kafka_local
 
 __all__ = ["Pacer", "Progress", "Rejects", "LoadReport", "Loader", "load", "open_lines",
            "topic_end_offsets", "main"]
@@ -116,7 +123,6 @@ def open_lines(path: str):
         raise FileNotFoundError(f"input not found: {path}")
     if p.suffix == ".gz":
         # ISA-L inflate in its own thread (GIL released): ~3x the speed of the gzip module
-        from isal import igzip_threaded
         return igzip_threaded.open(p, "rb", threads=1)
     return open(p, "rb", buffering=1 << 20)
 
@@ -124,7 +130,6 @@ def open_lines(path: str):
 def _end_offsets(consumer, topic: str, partitions, timeout: float = 20.0) -> dict[int, int]:
     """{partition: high watermark}; retried while a new topic's leaders settle (a topic
     created a moment ago can answer NOT_LEADER_FOR_PARTITION for a while)."""
-    from confluent_kafka import KafkaException, TopicPartition
     deadline = time.monotonic() + timeout
     out: dict[int, int] = {}
     for part in partitions:
@@ -142,10 +147,8 @@ def _end_offsets(consumer, topic: str, partitions, timeout: float = 20.0) -> dic
 def topic_end_offsets(bootstrap: str, topic: str, cfg: Config | None = None) -> int:
     """Sum of the high watermarks of ``topic`` (0 if it does not exist). With ``cfg``, the
     probe connects with its security settings (``client_settings``)."""
-    from confluent_kafka import Consumer
     settings = {"bootstrap.servers": bootstrap}
     if cfg is not None:
-        from doodlestats.io.kafka import client_settings
         settings = client_settings(cfg, bootstrap)
     c = Consumer({**settings, "group.id": "doodle-loader-probe", "enable.auto.commit": False})
     try:
@@ -559,7 +562,6 @@ class Loader:
     def _produce_alone(self, line: int, value: bytes, key: bytes | None) -> None:
         self.report.resent_alone += 1
         if self._alone is None:
-            from confluent_kafka import Producer
             self._alone = Producer({**self._settings, "batch.num.messages": 1, "linger.ms": 0})
         while True:
             try:
@@ -570,9 +572,6 @@ class Loader:
 
     # ---- the run
     def run(self, handle_signals: bool = False) -> LoadReport:
-        from confluent_kafka import KafkaError, KafkaException, Producer
-
-        from doodlestats.io.kafka import client_settings
         # per-frame refusals (the frame's fault, not the transport's): rejects, never failures
         self._reject_codes = {getattr(KafkaError, n) for n in REJECT_ERRORS if hasattr(KafkaError, n)}
         self._settings = {
@@ -640,11 +639,6 @@ class Loader:
     def _topic_tail(self, since: dict[int, int] | None):
         """(Counter of hash(value) of the messages at offsets >= ``since`` per partition,
         {partition: end offset now})."""
-        from collections import Counter
-
-        from confluent_kafka import Consumer, TopicPartition
-
-        from doodlestats.io.kafka import client_settings
         c = Consumer({**client_settings(self.cfg), "group.id": "doodle-loader-resume",
                       "enable.auto.commit": False, "fetch.wait.max.ms": 50})
         tail: Counter = Counter()
@@ -726,7 +720,6 @@ class Loader:
         live = self.pacer.live
         parser: Any = None
         if self.key == "uid" or live:
-            import simdjson
             parser = simdjson.Parser()
             Obj = simdjson.Object
         keyed = self.key == "uid"
@@ -936,8 +929,6 @@ def main(argv: list[str] | None = None) -> int:
     if args.input != "-" and not Path(args.input).is_file():
         print(f"load: error: input not found: {args.input}", file=sys.stderr)
         return EXIT_USAGE
-    from doodlestats.io.kafka import KafkaRejected, KafkaUnavailable
-    from tools import kafka_local
     try:
         kafka_local.wait_ready(cfg, timeout=15)
     except KafkaRejected as e:  # credentials, certificate, CA file: the line says what to check
@@ -955,7 +946,6 @@ def main(argv: list[str] | None = None) -> int:
             if topic_end_offsets(bootstrap, topic, cfg) >= before:
                 print(f"load: {args.input} already loaded into {topic}; skipping (--once)", file=sys.stderr)
                 return EXIT_OK
-    from confluent_kafka import KafkaException
     try:
         kafka_local.ensure_topic(cfg, topic, cfg.kafka.input_partitions)
         if not (args.resume or args.once):

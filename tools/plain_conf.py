@@ -16,6 +16,8 @@ import os
 import sys
 from pathlib import Path
 
+import pyspark
+
 from doodlestats.runtime.config import REPO_ROOT, Config, ConfigError, load_config
 from doodlestats.runtime.session import CONF_DIR, DEFAULTS, PLAIN_DEFAULTS, SPARK_JARS, local_jars
 
@@ -46,7 +48,6 @@ def plain_conf_text(cfg: Config) -> str:
 def write_plain_conf(cfg: Config) -> list[str]:
     """Write ``conf/spark/spark-defaults.conf`` and make ``conf/spark`` the configuration
     folder of the virtualenv's Spark (``<pyspark>/conf``, a symlink). Returns what was done."""
-    import pyspark
     done = []
     if not list(SPARK_JARS.glob("*.jar")):
         raise SystemExit("setup: error: the Spark jars are not fetched yet — run `make setup`")

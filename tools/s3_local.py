@@ -29,6 +29,8 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -77,7 +79,7 @@ class S3Local:
 
     def client(self):
         """A boto3 S3 client for this server (tests: look at what was written)."""
-        import boto3
+        import boto3  # moto's dependency (optional, for the tests): `up`, `down`, `status` run without it
         return boto3.client("s3", endpoint_url=self.endpoint, region_name=REGION,
                             aws_access_key_id=ACCESS_KEY, aws_secret_access_key=SECRET_KEY)
 
@@ -128,8 +130,6 @@ def free_port() -> int:
 
 
 def _answers(port: int) -> bool:
-    import urllib.error
-    import urllib.request
     try:
         with urllib.request.urlopen(f"http://{HOST}:{port}/moto-api/", timeout=2) as r:
             return r.status == 200

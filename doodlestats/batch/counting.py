@@ -37,7 +37,10 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any
 
+from pyspark.sql import functions as F
+
 from doodlestats.batch import sketch
+from doodlestats.batch.staging import count_by_minute, write_staged
 from doodlestats.io.tables import MINUTE_UIDS, FileMeta, Tables
 
 __all__ = ["Counter", "ExactCounter", "ExactWithSketches", "HllCounter", "Partials", "make_counter", "hll_lg_k",
@@ -52,6 +55,8 @@ def hll_lg_k(rsd: float) -> int:
 
 
 def hll_rsd(lg_k: int) -> float:
+    """The relative standard error 1.04/sqrt(2^lg_k) of an HLL sketch of lgConfigK ``lg_k``
+    (rounded to 5 digits): the ``rsd`` published with approx counts."""
     return round(1.04 / math.sqrt(2 ** lg_k), 5)
 
 
@@ -96,16 +101,18 @@ class Counter(ABC):
         """Distinct users of a minute with ``value``."""
 
     def sketch(self, value: Any) -> bytes | None:
+        """The serialized HLL sketch of a minute with ``value`` for ``minute_stats.hll``
+        (None: this counter keeps none)."""
         return None
 
 
 class ExactCounter(Counter):
+    """Exact distinct users: a minute's value is its user count; the new (minute, uid)
+    pairs of a batch are written to ``minute_uids`` (see the module docstring)."""
+
     mode = "exact"
 
     def partials(self, counted, batch_id, known_files, replay):
-        from pyspark.sql import functions as F
-
-        from doodlestats.batch.staging import count_by_minute, write_staged
         pairs = counted.select("minute", "uid").distinct()
         if known_files:
             known = (counted.sparkSession.read.schema(PAIRS_SCHEMA).parquet(*known_files)
@@ -132,6 +139,9 @@ class ExactCounter(Counter):
 
 
 class HllCounter(Counter):
+    """Approximate distinct users: a minute's value is ``(sketch bytes, estimate)``, an HLL
+    sketch of lgConfigK :func:`hll_lg_k` of ``rsd``, merged on the driver."""
+
     mode = "approx"
 
     def __init__(self, tables: Tables, rsd: float):
@@ -140,7 +150,6 @@ class HllCounter(Counter):
         self.rsd = hll_rsd(self.lg_k)
 
     def partials(self, counted, batch_id, known_files, replay):
-        from pyspark.sql import functions as F
         rows = counted.groupBy("minute").agg(F.expr(f"hll_sketch_agg(uid, {self.lg_k})").alias("sk")).collect()
         return Partials(per_minute={r["minute"]: bytes(r["sk"]) for r in rows})
 

@@ -26,12 +26,14 @@ coordinates): nothing is quarantined without them.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 
 from pyspark.sql import Column
 from pyspark.sql import functions as F
 
-from doodlestats.batch.window import minute_col
+from doodlestats.batch.window import final_sql, minute_col, minute_sql
+from doodlestats.runtime.session import register_jvm_function
 
 __all__ = ["SUSPECT_FN", "MAP_REFS", "GuardPlan", "register_suspect", "keep_raw", "nb_col", "neighbourhood_stats",
            "plan", "with_verdicts"]
@@ -41,7 +43,6 @@ SUSPECT_FN = "doodle_suspect"
 
 def register_suspect(spark) -> bool:
     """Register the JVM function ``doodle_suspect``; False if its jar is not on the classpath."""
-    from doodlestats.runtime.session import register_jvm_function
     return register_jvm_function(spark, SUSPECT_FN, lambda jvm, js: jvm.doodle.udf.Suspect.register(js))
 
 
@@ -52,7 +53,6 @@ def keep_raw(suspects: bool, max_skew: int, watermark: int | None, prev_ref: int
     (:func:`register_suspect`); without it the previous batch's reference stands in for
     the running median, and a first batch keeps all.
     """
-    from doodlestats.batch.window import final_sql, minute_sql
     c = f"reason IS NOT NULL OR {final_sql(minute_sql('ts'), watermark)}"
     if suspects:
         return f"{c} OR {SUSPECT_FN}(ts, CAST({int(max_skew)} AS BIGINT))"
@@ -170,7 +170,6 @@ def with_verdicts(parsed, guard_plan: "GuardPlan", size: int, max_skew: int):
     per neighbourhood) travel inside the plan as one map literal (a JSON string Spark folds
     once) — no join, no broadcast job — or, for a batch of many neighbourhoods, as a
     broadcast table."""
-    import json
     refs = [r for r in guard_plan.refs if r[3] is not None]
     if not refs:
         return parsed.withColumn("outlier", F.lit(False))

@@ -13,6 +13,7 @@ JSON parser); the spark path only approximates the contract (e.g. it accepts a f
 
 from __future__ import annotations
 
+import pyarrow as pa
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
@@ -38,14 +39,13 @@ def _jvm(df: DataFrame) -> DataFrame:
 
 
 def _python(df: DataFrame) -> DataFrame:
-    import pyarrow as pa
-
     out_schema = T.StructType(df.schema.fields + [T.StructField("_p", T.StructType([
         T.StructField("ts", T.LongType()), T.StructField("uid", T.StringType()),
         T.StructField("reason", T.StringType())]))])
     names = df.columns
 
     def parse_batches(batches):
+        # runs in the executors' Python workers, which import the parser themselves
         from doodlestats.batch.pyparse import parse_batch
         for b in batches:
             ts, uid, reason = parse_batch(b.column("value").to_pylist())

@@ -28,6 +28,9 @@ _log = logger(__name__)
 
 @dataclass
 class BatchReport:
+    """What one micro-batch did: counts, quarantine reasons, results, the time of each
+    step, the Spark jobs it took; the line the job logs and the metrics' input."""
+
     batch_id: int
     frames: int = 0
     counted: int = 0
@@ -44,6 +47,8 @@ class BatchReport:
     partition_ts: dict[str, int] = field(default_factory=dict)  # partition → newest accepted event time
 
     def step(self, name: str, since: float) -> float:
+        """Add the time from ``since`` (unix s) to now to step ``name``; returns now, the
+        start of the next step."""
         now = time.time()
         self.steps[name] = self.steps.get(name, 0.0) + now - since
         return now

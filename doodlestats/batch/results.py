@@ -24,17 +24,20 @@ from dataclasses import dataclass
 import orjson
 import pyarrow as pa
 
-__all__ = ["PROVISIONAL", "FINAL", "CORRECTED", "STATUSES", "FIELDS", "MINUTE_STATS_SCHEMA",
+__all__ = ["PROVISIONAL", "FINAL", "CORRECTED", "STATUSES", "MODES", "FIELDS", "MINUTE_STATS_SCHEMA",
            "Field", "Published", "MinuteResult", "json_schema", "object_schema", "rows_table", "iso", "now_iso_ms"]
 
 PROVISIONAL, FINAL, CORRECTED = "provisional", "final", "corrected"
 STATUSES = (PROVISIONAL, FINAL, CORRECTED)
+MODES = ("exact", "approx")  # counting modes: exact distinct uids, or HyperLogLog sketches
 _TS = pa.timestamp("us", tz="UTC")
 _MINUTE_PATTERN = "^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:00Z$"
 
 
 @dataclass(frozen=True)
 class Field:
+    """One field of a published value: its JSON schema and, if ``stored``, its column."""
+
     name: str
     json: dict            # JSON-schema fragment of the published value
     arrow: pa.DataType    # column type in minute_stats
@@ -55,7 +58,7 @@ FIELDS: tuple[Field, ...] = (
     Field("status", {"enum": list(STATUSES)}, pa.string(),
           description="provisional: the minute is still open; final: the watermark passed its end; "
                       "corrected: late frames changed a final minute."),
-    Field("mode", {"enum": ["exact", "approx"]}, pa.string()),
+    Field("mode", {"enum": list(MODES)}, pa.string()),
     Field("rsd", {"type": "number", "exclusiveMinimum": 0}, pa.float64(), required=False,
           description="Relative standard deviation of the HyperLogLog estimate (approx only)."),
     Field("emitted_at", {"type": "string"}, _TS,
@@ -102,12 +105,14 @@ def json_schema() -> dict:
 
 
 def iso(epoch_s: int | None) -> str:
+    """Epoch seconds as ISO-8601 UTC (``2016-07-11T09:30:00Z``); ``"-"`` for None."""
     if epoch_s is None:
         return "-"
     return dt.datetime.fromtimestamp(epoch_s, dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def now_iso_ms(now: float) -> str:
+    """Unix time ``now`` as ISO-8601 UTC with milliseconds (``...T09:30:00.123Z``)."""
     t = dt.datetime.fromtimestamp(now, dt.timezone.utc)
     return t.strftime("%Y-%m-%dT%H:%M:%S.") + f"{t.microsecond // 1000:03d}Z"
 
@@ -139,6 +144,8 @@ class Published:
 
 @dataclass(frozen=True)
 class MinuteResult(Published):
+    """The value of one minute as published (:data:`FIELDS`) and stored in ``minute_stats``."""
+
     minute: int            # epoch seconds of the minute start
     unique_users: int
     frames: int
@@ -174,6 +181,7 @@ class MinuteResult(Published):
 
 
 def rows_table(results: list[MinuteResult], batch_id: int) -> pa.Table:
+    """``results`` as ``minute_stats`` rows written by batch ``batch_id``."""
     return pa.Table.from_pylist([r.to_row(batch_id) for r in results], MINUTE_STATS_SCHEMA)
 
 

@@ -38,4 +38,5 @@ def union(sketches: list[bytes], lg_k: int) -> tuple[bytes, int]:
 
 
 def estimate(sketch: bytes) -> int:
+    """The rounded distinct count of a serialized sketch."""
     return int(round(hll_sketch.deserialize(sketch).get_estimate()))

@@ -14,8 +14,12 @@ index in it.
 
 from __future__ import annotations
 
+import base64
+import datetime as dt
+import json
 import time
 
+import pyarrow as pa
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
@@ -23,10 +27,10 @@ from doodlestats.batch import guard, reasons
 from doodlestats.batch.parse import parse_frames
 from doodlestats.batch.staging import tally_col
 from doodlestats.batch.window import final_sql, minute_sql
+from doodlestats.io.tables import QUARANTINE, SCHEMAS
 
 __all__ = ["SOURCE_COLUMNS", "source_columns", "read", "classify", "counted", "summary_metrics", "summary_job",
-           "few_quarantine_rows",
-           "quarantine_rows", "with_file_positions"]
+           "few_quarantine_rows", "quarantine_rows", "with_file_positions"]
 
 
 #: The pipeline's source columns and their types; a source has some, the rest are null.
@@ -107,13 +111,6 @@ def summary_job(classified: DataFrame) -> list[dict]:
 
 def few_quarantine_rows(text: str | None, batch_id: int, now_us: int):
     """The quarantine rows :func:`summary_metrics` collected, as an Arrow table."""
-    import base64
-    import datetime as dt
-    import json
-
-    import pyarrow as pa
-
-    from doodlestats.io.tables import QUARANTINE, SCHEMAS
     at = dt.datetime.fromtimestamp(now_us / 1e6, dt.timezone.utc)
     rows = [{**r, "raw": base64.b64decode(r["raw"]) if r.get("raw") is not None else None, "batch_id": batch_id,
              "quarantined_at": at, "date": at.date()} for r in json.loads(text or "[]")]

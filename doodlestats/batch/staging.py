@@ -23,7 +23,12 @@ import itertools
 import json
 import re
 
+from pyspark.sql import Observation
+from pyspark.sql import functions as F
+
+from doodlestats.io.fs import HadoopFS
 from doodlestats.io.tables import STAGE_DIR, FileMeta
+from doodlestats.runtime.session import register_jvm_function
 
 __all__ = ["write_staged", "count_by_minute", "observed", "tally_col", "register_tally", "TALLY_FN"]
 
@@ -34,7 +39,6 @@ _names = itertools.count()
 
 def register_tally(spark) -> bool:
     """Register the JVM aggregate ``doodle_tally``; False if its jar is not on the classpath."""
-    from doodlestats.runtime.session import register_jvm_function
     return register_jvm_function(spark, TALLY_FN, lambda jvm, js: jvm.doodle.udf.BatchTally.register(js))
 
 
@@ -56,7 +60,6 @@ def observed(df, *metrics):
     """``with observed(df, m1, m2) as (df2, get):`` run an action on ``df2``, then ``get()``
     returns the metrics' values in order (one value if one metric). The metrics are
     computed by the action that runs anyway — no extra Spark job."""
-    from pyspark.sql import Observation
     obs = Observation(f"doodle-{next(_names)}")
     df2 = df.observe(obs, *[m.alias(f"m{i}") for i, m in enumerate(metrics)])
 
@@ -76,9 +79,6 @@ def write_staged(df, stage_uri: str, minute_stats: bool = True) -> tuple[list[Fi
     """Write ``df`` (``minute``, ``date`` and the file's columns) below ``stage_uri``, one
     Spark job; return (one :class:`FileMeta` per file, rows per minute). ``minute_stats``:
     record each file's minute range (False where ``minute`` may be null)."""
-    from pyspark.sql import functions as F
-
-    from doodlestats.io.storage import HadoopFS
     spark = df.sparkSession
     tasked = df.withColumn("_task", F.spark_partition_id())
     with observed(tasked, F.expr(tally_col("minute", src="date", partition="_task"))) as (watched, get):

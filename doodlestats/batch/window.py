@@ -15,6 +15,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from pyspark.sql import functions as F
+
 __all__ = ["MINUTE_S", "minute_of", "is_final", "minute_col", "final_col", "minute_sql", "final_sql", "Watermark"]
 
 MINUTE_S = 60
@@ -32,13 +34,11 @@ def is_final(minute: int, watermark: int | None) -> bool:
 
 def minute_col(ts):
     """:func:`minute_of` as a Spark column expression."""
-    from pyspark.sql import functions as F
     return ts - F.pmod(ts, F.lit(MINUTE_S))
 
 
 def final_col(minute, watermark: int | None):
     """:func:`is_final` as a Spark column expression (False without a watermark)."""
-    from pyspark.sql import functions as F
     if watermark is None:
         return F.lit(False)
     return (minute + F.lit(MINUTE_S)) <= F.lit(int(watermark))

@@ -59,9 +59,11 @@ from typing import Callable
 
 import pyarrow as pa
 import pyarrow.compute as pc
+from deltalake import CommitProperties, DeltaTable, Transaction
+from pyspark.sql import functions as F
 
 from doodlestats.batch.counting import hll_lg_k, hll_rsd
-from doodlestats.batch.results import Field, Published, iso
+from doodlestats.batch.results import MODES, Field, Published, iso, object_schema
 from doodlestats.history.periods import (
     DAY_S,
     FIRST_MONDAY,
@@ -77,12 +79,11 @@ from doodlestats.io.tables import MINUTE_STATS, MINUTE_UIDS, Tables
 from doodlestats.io.uris import join, to_delta_uri
 from doodlestats.runtime.logs import logger
 
-__all__ = ["MODES", "FIELDS", "ROLLUP_SCHEMA", "RollupResult", "GrainReport", "RollupError", "Rollups",
+__all__ = ["FIELDS", "ROLLUP_SCHEMA", "RollupResult", "GrainReport", "RollupError", "Rollups",
            "json_schema", "period_col", "table_name"]
 
 _log = logger(__name__)
 
-MODES = ("exact", "approx")
 _TS = pa.timestamp("us", tz="UTC")
 _LG_K_BYTE = 3               # offset of lgConfigK in a serialized DataSketches HLL sketch
 _MAX_RANGES = 256            # more period ranges than this: one range + a period filter
@@ -131,7 +132,6 @@ ROLLUP_SCHEMA = pa.schema([(f.name, f.arrow) for f in FIELDS if f.stored] + [
 
 def json_schema() -> dict:
     """The JSON schema of a published rollup value, generated from :data:`FIELDS`."""
-    from doodlestats.batch.results import object_schema
     return object_schema(
         "doodle/rollup.schema.json", "rollup result",
         "Unique users of one UTC period (hour, day, ISO week, month, year): a line of "
@@ -142,6 +142,8 @@ def json_schema() -> dict:
 
 @dataclass(frozen=True)
 class RollupResult(Published):
+    """The value of one period as published (:data:`FIELDS`) and stored in ``rollup_<grain>``."""
+
     grain: str
     start: int             # epoch seconds of period_start
     unique_users: int
@@ -179,7 +181,6 @@ class RollupResult(Published):
 def period_col(c, grain: str):
     """Spark column: epoch seconds of the period start of the epoch-seconds column ``c``.
     Arithmetic on epoch seconds and ``date_from_unix_date``: independent of the session time zone."""
-    from pyspark.sql import functions as F
     if grain == "hour":
         return c - F.pmod(c, F.lit(HOUR_S))
     if grain == "day":
@@ -200,7 +201,6 @@ def _where(col: str, grain: str, spans: list[tuple[int | None, int | None]] | No
            starts: list[int] | None = None):
     """Filter of minute rows (``col``: epoch minute, ``date``: its partition) to ``spans``.
     Date-partition terms prune files; minute ranges use the files' min/max statistics."""
-    from pyspark.sql import functions as F
     if spans is None:
         return F.lit(True)
     if len(spans) > _MAX_RANGES and starts is not None:  # one range, then keep the periods wanted
@@ -231,6 +231,9 @@ class RollupError(RuntimeError):
 
 @dataclass
 class GrainReport:
+    """What :meth:`Rollups.run` did for one grain: the versions compared, the periods
+    recomputed, skipped and deleted, their results."""
+
     grain: str
     mode: str
     source_version: int                 # minute_stats version read
@@ -269,12 +272,10 @@ class Rollups:
         return to_delta_uri(join(self.tables.root, name))
 
     def has_table(self, name: str) -> bool:
-        from deltalake import DeltaTable
         return DeltaTable.is_deltatable(self._rs(name), storage_options=self.storage_options)
 
     def rollup_table(self, grain: str):
         """delta-rs handle of ``rollup_<grain>`` (created if missing)."""
-        from deltalake import DeltaTable
         uri = self._rs(table_name(grain))
         if not DeltaTable.is_deltatable(uri, storage_options=self.storage_options):
             DeltaTable.create(uri, ROLLUP_SCHEMA, mode="ignore", name=table_name(grain),
@@ -301,7 +302,6 @@ class Rollups:
         key = (old, new, with_sketch)
         if key in self._diffs:
             return self._diffs[key]
-        from deltalake import DeltaTable
         uri = self._rs(MINUTE_STATS)
         try:
             before = DeltaTable(uri, version=old, storage_options=self.storage_options)
@@ -339,7 +339,6 @@ class Rollups:
                 ) -> list[RollupResult]:
         """Rollups of ``grain`` for the minutes in ``spans`` (None: all) of ``minute_stats``
         as of ``version``: one Spark query; one row of integers per period reaches the driver."""
-        from pyspark.sql import functions as F
         has_uids = self.has_table(MINUTE_UIDS)
         ms = self._spark_read(MINUTE_STATS, version).where(_where("ts", grain, spans, starts))
         p_ts = period_col(F.col("ts"), grain).alias("p")
@@ -462,7 +461,6 @@ class Rollups:
         """Upsert ``results`` (computed from minute_stats ``version``) by (ts, mode); delete
         stored rows matching ``gone`` that have no result; record ``(app id, minute_stats
         version)`` in the same commit. Returns the number of rows deleted."""
-        from deltalake import CommitProperties, Transaction
         props = CommitProperties(app_transactions=[Transaction(app_id=record[0], version=record[1])]) \
             if record else None
         deleted = 0

@@ -16,9 +16,13 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 import time
 
-from doodlestats.runtime.config import Config
+from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from doodlestats.runtime.config import REPO_ROOT, Config
 
 __all__ = ["KafkaRejected", "KafkaUnavailable", "admin_client", "ca_file", "check_kafka", "client_settings",
            "ensure_topic", "metadata", "spark_kafka_options"]
@@ -48,7 +52,6 @@ def ca_file(cfg: Config) -> str:
     loc = cfg.kafka.ssl_ca_location
     if not loc:
         return ""
-    from doodlestats.runtime.config import REPO_ROOT
     path = os.path.join(REPO_ROOT, os.path.expanduser(loc))
     try:
         with open(path, "rb") as f:
@@ -100,13 +103,13 @@ def spark_kafka_options(cfg: Config, bootstrap: str | None = None) -> dict[str, 
 
 
 def admin_client(cfg: Config, **extra):
-    from confluent_kafka.admin import AdminClient
+    """A librdkafka admin client with :func:`client_settings` of ``cfg``, plus ``extra``
+    settings (e.g. ``error_cb``)."""
     return AdminClient({**client_settings(cfg), **extra})
 
 
 def _rejection(cfg: Config, errors: list) -> str | None:
     """One line for an error that retrying will not fix (librdkafka's error_cb reports)."""
-    from confluent_kafka import KafkaError
     k, where = cfg.kafka, f"Kafka at {cfg.kafka.bootstrap_servers}"
     for err in errors:
         code, text = err.code(), err.str()
@@ -142,7 +145,6 @@ def _brief(text: str) -> str:
 
 def _silent_port(cfg: Config) -> bool:
     """The first bootstrap server accepts TCP connections (but did not answer as Kafka)."""
-    import socket
     try:
         with socket.create_connection((cfg.kafka.host, cfg.kafka.port), timeout=1):
             return True
@@ -156,7 +158,6 @@ def metadata(cfg: Config, timeout: float = 10.0):
     CA file) and :class:`KafkaUnavailable` if nothing answers within ``timeout`` s — each
     with one line that says what to check; never a secret (librdkafka does not echo
     passwords, and our lines name only the environment variables)."""
-    from confluent_kafka import KafkaError, KafkaException
     errors: list = []
     # error_cb collects the reasons librdkafka would otherwise only log; log_level 0 keeps
     # its own log lines (one per retry) off stderr: the caller prints one line instead.
@@ -202,7 +203,6 @@ def check_kafka(cfg: Config, need_input: bool) -> None:
 
 def ensure_topic(cfg: Config, name: str, partitions: int) -> bool:
     """Create ``name`` with ``partitions`` partitions if it does not exist. True if created."""
-    from confluent_kafka.admin import NewTopic
     admin = admin_client(cfg)
     if name in admin.list_topics(timeout=10).topics:
         return False

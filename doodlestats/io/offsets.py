@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import time
 
+from confluent_kafka import Consumer, TopicPartition
+
+from doodlestats.io.kafka import client_settings
 from doodlestats.io.state import KEEP_GAPS, Gap, JobState, find_gaps
 from doodlestats.runtime.config import Config
 from doodlestats.runtime.logs import logger
@@ -36,9 +39,6 @@ def kafka_earliest(cfg: Config, topic: str):
     """A function of "topic#partition" keys → the broker's earliest available offset (low
     watermark) of each partition of ``topic`` (other topics' keys are left out)."""
     def earliest(keys: list[str]) -> dict[str, int]:
-        from confluent_kafka import Consumer, TopicPartition
-
-        from doodlestats.io.kafka import client_settings
         wanted = [k for k in keys if k.rpartition("#")[0] == topic]
         if not wanted:
             return {}

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 from typing import Iterable
 
+from confluent_kafka import Producer
+
 __all__ = ["KafkaPublisher", "PublishError"]
 
 
@@ -31,7 +33,6 @@ class KafkaPublisher:
     reordered) before :meth:`publish` gives up."""
 
     def __init__(self, bootstrap: str, topic: str, client_conf: dict | None = None, patience_s: float = 30.0):
-        from confluent_kafka import Producer
         self.topic, self.patience_s = topic, patience_s
         self.producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5, "acks": "all",
                                   "enable.idempotence": True, "message.timeout.ms": int(patience_s * 1000),

@@ -24,12 +24,19 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
 import sys
 from dataclasses import dataclass, field
 
+from confluent_kafka import Consumer, TopicPartition
+from pyspark.sql import DataFrame
+from pyspark.sql import functions as F
+
+from doodlestats.batch.stages import source_columns
 from doodlestats.history.periods import parse_time
 from doodlestats.io.kafka import client_settings, spark_kafka_options
 from doodlestats.runtime.logs import logger
+from doodlestats.runtime.session import has_fast_parser
 
 __all__ = ["Chunk", "file_chunks", "read_ranges", "splittable", "kafka_chunks", "spool_stdin"]
 
@@ -49,7 +56,6 @@ class Chunk:
 
     def read(self, spark, cfg):
         """The chunk as a static DataFrame with the pipeline's source columns."""
-        from doodlestats.batch.stages import source_columns
         if self.ranges:
             return read_ranges(spark, self.ranges)
         offsets = {self.topic: {str(p): o for p, o in self.start.items()}}
@@ -111,7 +117,6 @@ def file_chunks(spark, inputs: list[str], chunk_bytes: int) -> list[Chunk]:
     splittable file larger than that is cut into ranges of ``chunk_bytes`` (each line
     belongs to the range it starts in, see :func:`read_ranges`) — not without the jar,
     whose absence means whole files read as Spark text."""
-    from doodlestats.runtime.session import has_fast_parser
     cut = has_fast_parser(spark)
     files = _expand(spark, inputs)
     chunks: list[Chunk] = []
@@ -144,11 +149,6 @@ def read_ranges(spark, ranges: list[tuple[str, int, int]]):
     ``file`` and ``byte_offset``; ``partition``/``offset`` are the split and the line's
     index in it. Needs ``doodle-udf.jar``; without it, whole files are read as Spark text
     (one task a file) and numbered by line (:func:`doodlestats.batch.stages.with_file_positions`)."""
-    from pyspark.sql import DataFrame
-    from pyspark.sql import functions as F
-
-    from doodlestats.batch.stages import source_columns
-    from doodlestats.runtime.session import has_fast_parser
     if not has_fast_parser(spark):
         spark.conf.set("spark.sql.files.maxPartitionBytes", str(1 << 40))
         spark.conf.set("spark.sql.files.openCostInBytes", str(1 << 40))
@@ -165,7 +165,6 @@ def read_ranges(spark, ranges: list[tuple[str, int, int]]):
 def spool_stdin(folder: str, lines_per_file: int = 1_000_000, stream=None) -> list[str]:
     """Copy standard input into gzip files of ``lines_per_file`` lines below ``folder``
     (local); returns their paths. Progress on stderr."""
-    import os
     os.makedirs(folder, exist_ok=True)
     if stream is None and os.environ.get("DOODLE_STDIN"):  # under ./spark-submit.sh: its stdin
         stream = open(os.environ["DOODLE_STDIN"], "rb")
@@ -194,7 +193,6 @@ def kafka_chunks(cfg, topic: str, start: str | int | None, end: str | int | None
     """Offset ranges of ``topic`` between ``start`` and ``end`` (``earliest``/``latest``,
     or a time: epoch seconds / ISO-8601, matched against record timestamps), cut at every
     UTC ``grain`` (day or hour) boundary and at ``chunk_frames`` frames."""
-    from confluent_kafka import Consumer, TopicPartition
     c = Consumer({**client_settings(cfg), "group.id": "doodle-backfill-plan",
                   "enable.auto.commit": False})
     try:
@@ -244,7 +242,6 @@ def kafka_chunks(cfg, topic: str, start: str | int | None, end: str | int | None
 
 def _record_time(consumer, topic: str, offsets: dict[int, int], lo_hi: dict) -> int | None:
     """Smallest record timestamp (epoch s) at the given offsets, reading one record each."""
-    from confluent_kafka import TopicPartition
     times = []
     for p, o in offsets.items():
         lo, hi = lo_hi[p]

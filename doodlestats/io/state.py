@@ -8,11 +8,11 @@ source, the next offset expected per partition and the gaps the job skipped (see
 ``<checkpoint>/doodle_state/<batch_id>.json`` is written after all Delta writes of a batch
 succeeded, so a batch whose file exists is complete, and a replayed batch starts from
 the file of the batch before it. The checkpoint may be a local path or any URI Spark's
-Hadoop file systems know (``s3a://``, ``abfss://``, ``gs://``, ``hdfs://``): the file is
-written in one piece (an object store PUT, or write + rename on a file system), so it is
-either there whole or not at all::
+Hadoop file systems know (``s3a://``, ``abfss://``, ``gs://``, ``hdfs://``), through
+:mod:`doodlestats.io.fs`: the file is written in one piece (an object store PUT, or write +
+rename on a file system), so it is either there whole or not at all::
 
-    store = StateStore(checkpoint)            # StateStore("s3a://b/ckpt", fs=HadoopFS(spark))
+    store = StateStore(checkpoint)            # StateStore("s3a://b/ckpt", spark=spark)
     if not store.done(batch_id):
         st = store.load_before(batch_id)
         ...
@@ -25,11 +25,13 @@ import json
 import os
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, replace
+from typing import Any
 
 from doodlestats.batch.window import is_final
+from doodlestats.io.fs import FileSystem, LocalFS, fs_for
 from doodlestats.io.uris import local_path
 
-__all__ = ["JobState", "StateStore", "LocalFS", "Gap", "find_gaps"]
+__all__ = ["JobState", "StateStore", "Gap", "find_gaps"]
 
 KEEP = 50  # state files kept (older ones are pruned)
 KEEP_GAPS = 1000  # gaps kept in the state (the newest; each is also a log line when found)
@@ -121,52 +123,11 @@ def find_gaps(expected: dict[str, int] | None, earliest, first: dict[str, int] |
     return gaps
 
 
-class LocalFS:
-    """The file operations the state needs, on a local disk (atomic by rename)."""
-
-    def read_text(self, path: str) -> str:
-        with open(path, encoding="utf-8") as f:
-            return f.read()
-
-    def write_text(self, path: str, text: str) -> None:
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        tmp = path + ".tmp"
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-
-    def exists(self, path: str) -> bool:
-        return os.path.exists(path)
-
-    def list(self, path: str) -> list[str]:
-        """Names (not paths) in the folder ``path``; empty if it does not exist."""
-        return sorted(os.listdir(path)) if os.path.isdir(path) else []
-
-    def delete(self, path: str, recursive: bool = False) -> None:
-        if recursive and os.path.isdir(path):
-            import shutil
-            shutil.rmtree(path, ignore_errors=True)
-        elif os.path.exists(path):
-            os.unlink(path)
-
-
-def fs_for(location: str, spark=None):
-    """LocalFS for a plain path or ``file:`` URI, the Hadoop file system (through Spark's
-    JVM) for any other URI."""
-    if "://" not in location or location.startswith("file:"):
-        return LocalFS()
-    if spark is None:
-        raise ValueError(f"{location}: a URI checkpoint needs a Spark session for its file system")
-    from doodlestats.io.storage import HadoopFS
-
-    class _Names(HadoopFS):  # the state needs names only
-        def list(self, path):
-            return sorted(f.name for f in super().list(path))
-    return _Names(spark)
-
-
 class StateStore:
-    def __init__(self, checkpoint: str, fs=None, spark=None):
+    """The state files of the checkpoint ``checkpoint`` (a path or URI), through ``fs``
+    (default: :func:`~doodlestats.io.fs.fs_for` the checkpoint; a URI needs ``spark``)."""
+
+    def __init__(self, checkpoint: str | os.PathLike, fs: FileSystem | None = None, spark: Any = None):
         checkpoint = str(checkpoint).rstrip("/")
         self.fs = fs or fs_for(checkpoint, spark)
         base = os.path.abspath(local_path(checkpoint)) if isinstance(self.fs, LocalFS) else checkpoint
@@ -176,10 +137,13 @@ class StateStore:
         return f"{self.dir}/{batch_id:012d}.json"
 
     def done(self, batch_id: int) -> bool:
+        """True if batch ``batch_id`` completed (its state file is there)."""
         return self.fs.exists(self._file(batch_id))
 
     def ids(self) -> list[int]:
-        return sorted(int(n[:-5]) for n in self.fs.list(self.dir) if n.endswith(".json") and n[:-5].isdigit())
+        """The batch ids that have a state file, oldest first."""
+        names = (f.name for f in self.fs.list(self.dir))
+        return sorted(int(n[:-5]) for n in names if n.endswith(".json") and n[:-5].isdigit())
 
     def load_before(self, batch_id: int) -> JobState:
         """State after the newest batch older than ``batch_id`` (the start state if none)."""

@@ -2,16 +2,18 @@
 
 ``[paths]`` in ``conf/doodle.toml`` takes a plain path (``data/delta``) or a URI
 (``s3a://bucket/doodle/delta``, ``file:///srv/doodle``, ``hdfs://nn/doodle``,
-``gs://bucket/x``, ``abfss://container@account.dfs.core.windows.net/x``). Three readers of
-the same location each want it in their own form, and this module gives each its own:
+``gs://bucket/x``, ``abfss://container@account.dfs.core.windows.net/x``). Spark and
+delta-rs each reach the same location with their own settings, and this module gives each
+its own:
 
-* Spark (Hadoop file systems): :func:`to_spark_uri` and :func:`spark_hadoop_conf` /
-  :func:`spark_conf` (the S3A settings for the ``[storage]`` endpoint),
-* delta-rs on the driver: :func:`to_delta_uri` and :func:`delta_storage_options`,
-* small driver-side files (state, markers): :class:`HadoopFS`, over Hadoop's FileSystem
-  through py4j, with an atomic :meth:`HadoopFS.write_text`.
+* Spark (Hadoop file systems): :func:`spark_hadoop_conf` / :func:`spark_conf` (the S3A
+  settings for the ``[storage]`` endpoint), applied to a running session by
+  :func:`configure_spark`,
+* delta-rs on the driver: :func:`delta_storage_options`.
 
-The locations themselves (strings, pure) are :mod:`doodlestats.io.uris`.
+The locations themselves (strings, pure, in each reader's form) are
+:mod:`doodlestats.io.uris`; small files on them (state, markers), on a local disk or
+through Hadoop's FileSystem, :mod:`doodlestats.io.fs`.
 
 Credentials never appear in the configuration or in the settings given to Spark: Spark's
 Hadoop configuration refers to the environment variables named in ``[storage]``
@@ -27,23 +29,15 @@ S3-compatible servers that matter (MinIO, R2, moto, which the tests use).
 from __future__ import annotations
 
 import os
-import uuid
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Iterator, NamedTuple
+from typing import Any, Iterable
 
-from doodlestats.io.uris import StorageError, is_s3, is_uri, to_spark_uri
-
-if TYPE_CHECKING:  # no runtime import: config imports this module
-    from doodlestats.runtime.config import Config
+from doodlestats.io.uris import StorageError, is_s3
+from doodlestats.runtime.config import Config
 
 __all__ = [
-    "StorageOptions", "FileInfo", "HadoopFS",
-    "delta_storage_options", "spark_hadoop_conf", "spark_conf", "configure_spark", "restore_spark",
+    "StorageOptions", "delta_storage_options", "spark_hadoop_conf", "spark_conf", "configure_spark", "restore_spark",
 ]
 
-#: Stores on which one PUT of a whole object is atomic: readers see the old object or the
-#: new one, never a part. Elsewhere a write goes to a temporary file and is renamed.
-_ATOMIC_PUT_SCHEMES = frozenset({"s3a", "gs"})
 _S3A = "org.apache.hadoop.fs.s3a"
 
 
@@ -73,7 +67,7 @@ def _env(name: str, what: str) -> str:
     return value
 
 
-def delta_storage_options(uri: str | os.PathLike, cfg: "Config") -> dict[str, str]:
+def delta_storage_options(uri: str | os.PathLike, cfg: Config) -> dict[str, str]:
     """Storage options for ``deltalake`` (``DeltaTable(uri, storage_options=...)``,
     ``write_deltalake``) that reach ``uri`` with the ``[storage]`` settings.
 
@@ -106,7 +100,7 @@ def delta_storage_options(uri: str | os.PathLike, cfg: "Config") -> dict[str, st
     return opts
 
 
-def spark_hadoop_conf(cfg: "Config") -> dict[str, str]:
+def spark_hadoop_conf(cfg: Config) -> dict[str, str]:
     """``spark.hadoop.fs.s3a.*`` settings that point Hadoop's S3A at the ``[storage]``
     endpoint, for ``SparkSession.builder.config(k, v)`` or ``--conf k=v``.
 
@@ -138,7 +132,7 @@ def spark_hadoop_conf(cfg: "Config") -> dict[str, str]:
     return {f"spark.hadoop.{k}": v for k, v in c.items()}
 
 
-def spark_conf(cfg: "Config", checkpoint: str | os.PathLike | None = None,
+def spark_conf(cfg: Config, checkpoint: str | os.PathLike | None = None,
                outputs: Iterable[str | os.PathLike] = ()) -> dict[str, str]:
     """Every Spark setting a job needs for its storage locations.
 
@@ -169,7 +163,7 @@ def spark_conf(cfg: "Config", checkpoint: str | os.PathLike | None = None,
     return out
 
 
-def configure_spark(spark: Any, cfg: "Config", checkpoint: str | os.PathLike | None = None,
+def configure_spark(spark: Any, cfg: Config, checkpoint: str | os.PathLike | None = None,
                     outputs: Iterable[str | os.PathLike] = ()) -> dict[str, str | None]:
     """Apply :func:`spark_conf` to a running session; returns the previous values (``None``:
     was unset) so that a caller can put them back.
@@ -207,226 +201,3 @@ def restore_spark(spark: Any, previous: dict[str, str | None]) -> None:
             spark.conf.unset(k)
         else:
             spark.conf.set(k, v)
-
-
-# ---------------------------------------------------------------------- HadoopFS
-class FileInfo(NamedTuple):
-    """One entry of :meth:`HadoopFS.list`."""
-    uri: str
-    name: str
-    is_dir: bool
-    size: int
-    modified_ms: int
-
-
-_JAVA_ERRORS = {
-    "java.io.FileNotFoundException": FileNotFoundError,
-    "org.apache.hadoop.fs.FileAlreadyExistsException": FileExistsError,
-    "org.apache.hadoop.fs.PathExistsException": FileExistsError,
-    "java.nio.file.AccessDeniedException": PermissionError,
-    "org.apache.hadoop.security.AccessControlException": PermissionError,
-}
-
-
-def _java_exception(e: BaseException):
-    """The Java exception behind a py4j error or one that PySpark converted, else None."""
-    return getattr(e, "java_exception", None) or getattr(e, "_origin", None)
-
-
-def _java_error(e: BaseException, uri: str) -> BaseException:
-    """A Python OSError for a Java exception raised through py4j (others unchanged)."""
-    jexc = _java_exception(e)
-    if jexc is None:
-        return e
-    name = jexc.getClass().getName()
-    msg = f"{uri}: {jexc.getMessage() or name}"
-    return _JAVA_ERRORS.get(name, OSError)(msg)
-
-
-def _jvm_errors() -> tuple[type[BaseException], ...]:
-    from py4j.protocol import Py4JJavaError
-    try:
-        from pyspark.errors.exceptions.captured import CapturedException
-    except ImportError:  # pragma: no cover - other PySpark layouts
-        return (Py4JJavaError,)
-    return (Py4JJavaError, CapturedException)
-
-
-class HadoopFS:
-    """Small files on any Hadoop file system, from the driver, through the session's JVM.
-
-    ::
-
-        fs = HadoopFS(spark)
-        fs.write_text("s3a://bucket/ckpt/doodle_state/7.json", json.dumps(state))  # atomic
-        fs.read_text("s3a://bucket/ckpt/doodle_state/7.json")
-        [f.name for f in fs.list("s3a://bucket/ckpt/doodle_state")]   # -> ['7.json']
-        fs.exists(uri); fs.delete(uri, recursive=True); fs.mkdirs(uri)
-
-    Accepts everything :func:`to_spark_uri` does (URIs, ``s3://``, plain paths). Local files
-    are written without Hadoop's ``.crc`` side files, so Python code may read and write
-    them too. Java errors come back as :class:`FileNotFoundError`,
-    :class:`FileExistsError`, :class:`PermissionError` or :class:`OSError`.
-    """
-
-    _CHUNK = 1 << 20
-
-    def __init__(self, spark: Any):
-        self._spark = spark
-        self._jvm = spark.sparkContext._jvm
-        self._conf = spark.sparkContext._jsc.hadoopConfiguration()
-
-    # -- plumbing
-    def _resolve(self, uri: str | os.PathLike):
-        s = to_spark_uri(uri)
-        if not is_uri(s):
-            s = Path(s).absolute().as_uri()
-        path = self._jvm.org.apache.hadoop.fs.Path(s)
-        fs = path.getFileSystem(self._conf)
-        if fs.getUri().getScheme() == "file" and \
-                self._jvm.org.apache.hadoop.fs.ChecksumFileSystem._java_lang_class.isInstance(fs):
-            fs = fs.getRawFileSystem()  # no .crc files beside ours
-        return fs, path
-
-    def _call(self, uri, fn):
-        try:
-            return fn()
-        except _jvm_errors() as e:
-            raise _java_error(e, os.fspath(uri)) from e
-
-    # -- queries
-    def exists(self, uri: str | os.PathLike) -> bool:
-        """True if a file or a directory (on object stores: any key below it) is there."""
-        fs, path = self._resolve(uri)
-        return bool(self._call(uri, lambda: fs.exists(path)))
-
-    def is_dir(self, uri: str | os.PathLike) -> bool:
-        """True if ``uri`` is a directory (on object stores: a prefix with keys below it)."""
-        fs, path = self._resolve(uri)
-        return bool(self._call(uri, lambda: fs.exists(path) and fs.getFileStatus(path).isDirectory()))
-
-    def list(self, uri: str | os.PathLike, hidden: bool = False) -> list[FileInfo]:
-        """The entries directly below ``uri``, sorted by name; ``[]`` if there is nothing
-        (on object stores an empty "directory" does not exist). Names starting with ``.``
-        (such as this class's own temporary files) are left out unless ``hidden``."""
-        fs, path = self._resolve(uri)
-
-        def run():
-            try:
-                statuses = fs.listStatus(path)
-            except _jvm_errors() as e:
-                jexc = _java_exception(e)
-                if jexc is not None and jexc.getClass().getName() == "java.io.FileNotFoundException":
-                    return []
-                raise
-            out = []
-            for st in statuses:
-                p = st.getPath()
-                name = p.getName()
-                if hidden or not name.startswith("."):
-                    out.append(FileInfo(p.toString(), name, bool(st.isDirectory()), int(st.getLen()),
-                                        int(st.getModificationTime())))
-            return sorted(out, key=lambda f: f.name)
-        return self._call(uri, run)
-
-    # -- reads
-    def read_bytes(self, uri: str | os.PathLike) -> bytes:
-        """The whole file (:class:`FileNotFoundError` if it is not there)."""
-        fs, path = self._resolve(uri)
-
-        def run():
-            stream = fs.open(path)
-            try:
-                return bytes(self._jvm.org.apache.hadoop.io.IOUtils.readFullyToByteArray(stream))
-            finally:
-                stream.close()
-        return self._call(uri, run)
-
-    def read_text(self, uri: str | os.PathLike, encoding: str = "utf-8") -> str:
-        return self.read_bytes(uri).decode(encoding)
-
-    # -- writes
-    def write_bytes(self, uri: str | os.PathLike, data: bytes, overwrite: bool = True) -> None:
-        """Write ``data`` to ``uri`` atomically: a reader sees the old content or the new,
-        never a part, and a crash leaves the old content.
-
-        On S3 and GCS the object is uploaded in one request, which is atomic; elsewhere
-        (local files, HDFS, ...) the data goes to a hidden temporary file beside the
-        target, is synced, and is renamed over it. With ``overwrite=False`` an existing
-        file raises :class:`FileExistsError` (on object stores a check before the upload:
-        enough for one writer, not a lock).
-        """
-        fs, path = self._resolve(uri)
-        jvm = self._jvm
-
-        def write(target, over: bool, sync: bool):
-            out = fs.create(target, over)
-            try:
-                for chunk in self._chunks(data):
-                    out.write(chunk)
-                if sync:
-                    try:
-                        out.hsync()
-                    except Exception:  # noqa: BLE001 - a stream without Syncable: best effort
-                        pass
-            except BaseException:
-                # an object store uploads on close(): abort instead, so nothing partial appears
-                try:
-                    if out.hasCapability("fs.capability.outputstream.abortable"):
-                        out.abort()
-                    else:
-                        out.close()
-                except Exception:  # noqa: BLE001 - keep the original error
-                    pass
-                raise
-            out.close()
-
-        def run():
-            if fs.getUri().getScheme() in _ATOMIC_PUT_SCHEMES:
-                write(path, overwrite, sync=False)
-                return
-            if not overwrite and fs.exists(path):
-                raise FileExistsError(f"{os.fspath(uri)}: exists")
-            tmp = jvm.org.apache.hadoop.fs.Path(path.getParent(), f".{path.getName()}.{uuid.uuid4().hex}.tmp")
-            try:
-                write(tmp, False, sync=True)
-                self._rename_over(fs, tmp, path)
-            except BaseException:
-                try:
-                    fs.delete(tmp, False)
-                except Exception:  # noqa: BLE001 - keep the original error
-                    pass
-                raise
-        self._call(uri, run)
-
-    def _chunks(self, data: bytes) -> Iterator[bytearray]:
-        view = memoryview(data)
-        for i in range(0, len(view), self._CHUNK):
-            yield bytearray(view[i:i + self._CHUNK])
-
-    def _rename_over(self, fs, src, dst) -> None:
-        if fs.getUri().getScheme() == "file":
-            # RawLocalFileSystem.rename is rename(2): atomic, replaces dst
-            if not fs.rename(src, dst):
-                raise OSError(f"{dst.toString()}: rename failed")
-            return
-        jvm = self._jvm
-        fc = jvm.org.apache.hadoop.fs.FileContext.getFileContext(dst.toUri(), self._conf)
-        opts = self._spark.sparkContext._gateway.new_array(jvm.org.apache.hadoop.fs.Options.Rename, 1)
-        opts[0] = jvm.org.apache.hadoop.fs.Options.Rename.OVERWRITE
-        fc.rename(src, dst, opts)
-
-    def write_text(self, uri: str | os.PathLike, text: str, overwrite: bool = True,
-                   encoding: str = "utf-8") -> None:
-        """:meth:`write_bytes` of ``text`` encoded."""
-        self.write_bytes(uri, text.encode(encoding), overwrite=overwrite)
-
-    def mkdirs(self, uri: str | os.PathLike) -> bool:
-        """Create the directory and its parents (on object stores: a marker; harmless)."""
-        fs, path = self._resolve(uri)
-        return bool(self._call(uri, lambda: fs.mkdirs(path)))
-
-    def delete(self, uri: str | os.PathLike, recursive: bool = False) -> bool:
-        """Delete a file, or a directory with ``recursive``; False if nothing was there."""
-        fs, path = self._resolve(uri)
-        return bool(self._call(uri, lambda: fs.delete(path, recursive)))

@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
+from urllib.parse import unquote, urlsplit
 
 __all__ = ["StorageError", "S3_SCHEMES", "is_uri", "scheme", "is_s3", "is_local", "join", "local_path",
            "to_spark_uri", "to_delta_uri"]
@@ -120,7 +121,6 @@ def local_path(p: str | os.PathLike) -> Path:
         return Path(s)
     if scheme(s) != "file":
         raise StorageError(f"not a local path: {s}")
-    from urllib.parse import unquote, urlsplit
     u = urlsplit(s)
     if u.netloc not in ("", "localhost"):
         raise StorageError(f"file URI with a host is not a local path: {s}")

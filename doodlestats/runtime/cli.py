@@ -18,6 +18,7 @@ work on (missing table, unreachable broker, bad configuration); a job may add it
 from __future__ import annotations
 
 import argparse
+import ctypes
 import os
 import sys
 from collections.abc import Callable
@@ -110,7 +111,6 @@ def route_stderr_past_spark_submit() -> None:
 def _dup_from(pid: int, target_fd: int) -> int | None:
     """Duplicate another process's file descriptor (pidfd_getfd, Linux >= 5.6): the very
     same open file, sharing its offset. None where not permitted or not supported."""
-    import ctypes
     try:
         libc = ctypes.CDLL(None, use_errno=True)
         pidfd = os.pidfd_open(pid)

@@ -32,6 +32,8 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
 from doodlestats.runtime.logs import logger
 from doodlestats.runtime.streaming import source_offsets
 
@@ -45,7 +47,6 @@ class JobMetrics:
     """The job's metrics in their own registry; :attr:`server` serves them (or is None)."""
 
     def __init__(self) -> None:
-        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
         r = self.registry = CollectorRegistry()
         self.server: Any = None
         self.frames = Counter("doodle_frames_read", "Frames read (counted + quarantined)", registry=r)
@@ -78,7 +79,6 @@ class JobMetrics:
     def serve(self, host: str, port: int) -> JobMetrics:
         """Serve ``/metrics`` on ``host:port`` (port 0: not at all)."""
         if port:
-            from prometheus_client import start_http_server
             try:
                 self.server, _ = start_http_server(port, addr=host, registry=self.registry)
                 _log.info(f"minute_stats: metrics on http://{host}:{port}/metrics")
