@@ -18,9 +18,14 @@ import datetime as dt
 import sys
 
 import _bootstrap  # noqa: F401 - doodlestats importable from a clone
+from deltalake import DeltaTable
 
 from doodlestats.io import maintenance
+from doodlestats.io.storage import delta_storage_options
+from doodlestats.io.tables import Tables
+from doodlestats.io.uris import StorageError, to_delta_uri
 from doodlestats.runtime import cli
+from doodlestats.runtime.config import ConfigError, load_config
 from doodlestats.runtime.logs import logger
 
 PROG = "maintain"
@@ -56,12 +61,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def body(args) -> int:
-    from deltalake import DeltaTable
-
-    from doodlestats.io.storage import StorageError, delta_storage_options
-    from doodlestats.io.tables import Tables
-    from doodlestats.io.uris import to_delta_uri
-    from doodlestats.runtime.config import ConfigError, load_config
     try:
         cfg = load_config(args.conf_file, {"paths.delta": args.delta_path, "maintenance.target_mb": args.target_mb,
                                            "maintenance.vacuum_hours": args.vacuum_hours})

@@ -48,6 +48,9 @@ from doodlestats.runtime import cli
 from doodlestats.runtime.config import ConfigError, load_config
 from doodlestats.runtime.logs import logger
 
+# The modules that import Spark (session, streaming, pipeline, sinks, ...) are imported in the
+# functions that use them: --help and argument errors stay fast and need no Spark.
+
 _log = logger("minute_stats")
 
 

@@ -16,6 +16,7 @@ import time
 
 from pyspark.sql import functions as F
 
+from doodlestats.batch.pipeline import MinuteStatsPipeline
 from doodlestats.batch.stages import source_columns
 
 __all__ = ["warm_up"]
@@ -32,7 +33,6 @@ FRAMES = [
 def warm_up(spark, cfg, frames: int) -> float:
     """Run the batch code twice on ``frames`` synthetic frames against throw-away tables;
     the seconds it took (0 if ``frames`` is 0)."""
-    from doodlestats.batch.pipeline import MinuteStatsPipeline
     if frames <= 0:
         return 0.0
     t0 = time.time()

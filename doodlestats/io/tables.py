@@ -48,6 +48,8 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
+from deltalake import CommitProperties, DeltaTable, Field, Transaction, write_deltalake
+from deltalake.transaction import AddAction
 
 from doodlestats.batch.results import MINUTE_STATS_SCHEMA
 from doodlestats.io.uris import is_uri, join, to_delta_uri, to_spark_uri
@@ -118,7 +120,6 @@ class Tables:
     # ------------------------------------------------------------------ delta-rs handles
     def table(self, name: str, version: int | None = None):
         """A delta-rs handle of ``name`` (latest, or as of ``version``); reused between calls."""
-        from deltalake import DeltaTable
         dt = self._dt.get(name)
         if dt is None:
             dt = DeltaTable(self._rs(name), storage_options=self.storage_options)
@@ -132,7 +133,6 @@ class Tables:
     def ensure(self) -> None:
         """Create the tables if missing (partitioned by date); add the columns a table of an
         earlier version lacks (nullable, so its old rows read as null)."""
-        from deltalake import DeltaTable, Field
         for name, schema in SCHEMAS.items():
             if not DeltaTable.is_deltatable(self._rs(name), storage_options=self.storage_options):
                 DeltaTable.create(self._rs(name), schema, mode="ignore", partition_by=["date"], name=name,
@@ -150,13 +150,11 @@ class Tables:
         return v is not None and v >= batch_id
 
     def _props(self, name: str, batch_id: int):
-        from deltalake import CommitProperties, Transaction
         return CommitProperties(app_transactions=[Transaction(app_id=self._app(name), version=batch_id)])
 
     # ------------------------------------------------------------------ writes
     def commit_files(self, name: str, files: list[FileMeta], batch_id: int) -> bool:
         """Commit staged files (metadata only) unless ``batch_id`` was committed. True if written."""
-        from deltalake.transaction import AddAction
         if self.committed(name, batch_id):
             return False
         actions = []
@@ -175,7 +173,6 @@ class Tables:
 
     def append(self, name: str, rows: pa.Table, batch_id: int) -> bool:
         """Append ``rows`` from the driver unless ``batch_id`` was committed. True if written."""
-        from deltalake import write_deltalake
         if self.committed(name, batch_id):
             return False
         write_deltalake(self._rs(name), rows.cast(SCHEMAS[name]), mode="append", partition_by=["date"],
@@ -197,7 +194,6 @@ class Tables:
              version: int | None = None) -> pa.Table:
         """Read (part of) a table into the driver, e.g. ``filters=[("ts", ">", 0)]``,
         optionally as of a table ``version`` (time travel). Only for small results."""
-        from deltalake import DeltaTable
         dt = DeltaTable(self._rs(name), version=version, storage_options=self.storage_options)
         return dt.to_pyarrow_table(filters=filters, columns=columns)
 

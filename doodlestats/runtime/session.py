@@ -17,8 +17,12 @@ it too: ``SPARK_CONF_DIR=conf/spark spark-submit jobs/minute_stats.py``.
 from __future__ import annotations
 
 import os
+import shlex
 import sys
 from pathlib import Path
+
+from pyspark import SparkContext
+from pyspark.sql import SparkSession
 
 from doodlestats.runtime.config import REPO_ROOT, Config
 
@@ -65,7 +69,6 @@ def _defaults() -> dict[str, str]:
 
 def get_spark(app: str, cfg: Config, extra: dict[str, str] | None = None):
     """The active SparkSession, or a new local one configured from ``conf/``."""
-    from pyspark.sql import SparkSession
 
     active = SparkSession.getActiveSession()
     if active is not None:
@@ -110,7 +113,6 @@ def _has_submit_gateway() -> bool:
 
 def _submit_jvm():
     """The JVM of the spark-submit that started this driver, without starting a SparkContext."""
-    from pyspark import SparkContext
     SparkContext._ensure_initialized()  # connects to spark-submit's gateway; starts nothing
     return SparkContext._jvm
 
@@ -129,7 +131,6 @@ def _missing(jvm, pieces) -> list[str]:
 
 def _suggestion() -> str:
     """What to run instead: this very command through ./spark-submit.sh."""
-    import shlex
     script = REPO_ROOT / "spark-submit.sh"
     here = Path.cwd().resolve()
     launcher = "./spark-submit.sh" if here == REPO_ROOT else str(script)

@@ -24,10 +24,19 @@ from __future__ import annotations
 import ast
 import json
 import os
+import resource
 import signal
 import time
 
+import psutil
+from confluent_kafka import KafkaError
+from pyspark.sql import functions as F
+
+from doodlestats.batch.stages import source_columns
+from doodlestats.io.kafka import client_settings, spark_kafka_options
 from doodlestats.io.offsets import DataLoss
+from doodlestats.io.sinks import KafkaSink
+from doodlestats.io.uris import join
 from doodlestats.runtime.logs import logger
 
 __all__ = ["BROKER_PATIENCE_S", "EXIT_BROKER_GONE", "FETCH_BYTES", "SPARK_KAFKA_RACE", "BrokerWatch", "StreamRunner",
@@ -59,8 +68,6 @@ def kafka_source(spark, cfg, one_task_per_partition: bool = False):
     past offsets retention deleted (the runner reads past skipped gaps this way, see
     :data:`SPARK_KAFKA_RACE`): no ``minPartitions`` split, and at most ``frames_per_task``
     frames per batch, so that the tasks stay as small."""
-    from doodlestats.batch.stages import source_columns
-    from doodlestats.io.kafka import spark_kafka_options
     reader = (spark.readStream.format("kafka")
               .options(**spark_kafka_options(cfg))
               .option("subscribe", cfg.kafka.input_topic)
@@ -94,7 +101,6 @@ def files_source(spark, path: str):
     """JSONL / .gz files. Each file is read as one split, so the pipeline can number its
     lines (``partition``/``offset``/``line`` are added per micro-batch, see
     :func:`doodlestats.batch.stages.with_file_positions`)."""
-    from pyspark.sql import functions as F
     spark.conf.set("spark.sql.files.maxPartitionBytes", str(1 << 40))
     spark.conf.set("spark.sql.files.openCostInBytes", str(1 << 40))
     return (spark.readStream.format("text").load(path)
@@ -124,7 +130,6 @@ class BrokerWatch:
         self._said: set[str] = set()
 
     def on_error(self, err) -> None:
-        from confluent_kafka import KafkaError
         if err.code() in (KafkaError._ALL_BROKERS_DOWN, KafkaError._TRANSPORT):
             if self.suspect_since is None:
                 self.suspect_since = time.monotonic()
@@ -162,9 +167,6 @@ class BrokerWatch:
 def patient_kafka_sink(cfg, watch: BrokerWatch):
     """The ``minuteStats`` sink, waiting up to ``BROKER_PATIENCE_S`` for a broker that went
     away instead of failing the batch after 30 s; ``watch`` hears its errors and deliveries."""
-    from doodlestats.io.kafka import client_settings
-    from doodlestats.io.sinks import KafkaSink
-
     conf = {**client_settings(cfg), "error_cb": watch.on_error, "log_level": 2, "log.connection.close": False}
     sink = KafkaSink(cfg.kafka.bootstrap_servers, cfg.kafka.output_topic, conf, patience_s=BROKER_PATIENCE_S,
                      on_delivered=watch.back)
@@ -224,11 +226,9 @@ def process_cpu() -> dict:
     """CPU seconds of this Python driver and of its JVM (under spark-submit the JVM is the
     parent; in local mode it also runs the executors' tasks — the bench subtracts their
     CPU time, from the event log, to get the driver's own share)."""
-    import resource
     ru = resource.getrusage(resource.RUSAGE_SELF)
     out = {"python_driver_cpu_s": round(ru.ru_utime + ru.ru_stime, 2)}
     try:
-        import psutil
         parent = psutil.Process(os.getppid())
         if any("SparkSubmit" in a for a in parent.cmdline()):
             t = parent.cpu_times()
@@ -271,7 +271,6 @@ class StreamRunner:
         self.stop = {"requested": False}
 
     def start(self, one_task_per_partition: bool = False):
-        from doodlestats.io.uris import join
         stream = kafka_source(self.spark, self.cfg, one_task_per_partition) if self.source == "kafka" else \
             files_source(self.spark, str(self.input_path))
         writer = (stream.writeStream.foreachBatch(lambda df, i: self.pipeline.process_batch(df, i))
