@@ -64,3 +64,58 @@ def test_checkpoint_and_delta_on_s3_give_exact_results_across_a_restart(kafka, t
         keys = [o["Key"] for o in s3.client().list_objects_v2(Bucket=BUCKET, Prefix="ckpt/")["Contents"]]
         assert any(k.startswith("ckpt/doodle_state/") for k in keys) and any(k.startswith("ckpt/spark/") for k in keys)
         assert not any(os.path.exists(p) for p in ("s3a:", ROOT / "s3a:"))  # nothing landed on a local disk
+
+
+def test_the_object_store_away_for_30s_mid_stream_loses_nothing(kafka, tmp_path):
+    """The S3 server frozen (SIGSTOP: requests hang, as a store that does not answer) for
+    30 s while the live job runs on it and frames keep coming; then back (SIGCONT). The job
+    waits for it or stops with its "try again" status (75) and is started again; after a
+    final pass every minute equals a plain recount of what was produced."""
+    import signal
+    import time
+
+    from test_outage import Job
+
+    from doodlestats.io.storage import delta_storage_options
+    from doodlestats.io.tables import MINUTE_STATS, Tables
+    from doodlestats.runtime.config import load_config
+    from tools import s3_local
+    from tools.generator import GenConfig, generate
+    lines, _ = generate(GenConfig(count=9_000, rate=100, users=1500, seed=72))
+    topic, out_topic = new_topic(kafka, "s3o", 3), new_topic(kafka, "s3o-out", 1)
+    with s3_local.running_server(bucket=BUCKET, folder=tmp_path / "s3") as s3:
+        overrides = {**s3.overrides(), "storage.access_key_env": KEY_ENV, "storage.secret_key_env": SECRET_ENV,
+                     "job.warm_up_frames": 0}
+        conf = write_conf(tmp_path / "s3.toml", **overrides)
+        os.environ.update(s3.env(KEY_ENV, SECRET_ENV))
+        delta = f"s3a://{BUCKET}/delta"
+        args = ["--topic", topic, "--output-topic", out_topic, "--checkpoint", f"s3a://{BUCKET}/ckpt",
+                "--delta-path", delta, "--max-offsets-per-trigger", "1500", "--trigger", "0.5"]
+        produce(kafka, topic, lines[:3000])
+        job = Job(conf, args, tmp_path / "job.err")
+        try:
+            job.wait_for(lambda: job.frames() >= 3000, 300, "for the first frames")
+            os.kill(s3.pid, signal.SIGSTOP)
+            try:
+                produce(kafka, topic, lines[3000:6000])
+                time.sleep(30)
+            finally:
+                os.kill(s3.pid, signal.SIGCONT)
+            produce(kafka, topic, lines[6000:])
+            deadline = time.monotonic() + 400
+            while job.proc.poll() is None and job.frames() < len(lines) and time.monotonic() < deadline:
+                time.sleep(0.5)
+            code = job.proc.poll()
+            assert code in (None, 75), f"exit {code}:\n{job.text()[-4000:]}"
+            waited = code is None
+        finally:
+            status = job.stop() if job.proc.poll() is None else job.proc.returncode
+            job.kill()
+        assert status in (0, 75), job.text()[-4000:]
+        res = subprocess.run([str(ROOT / "spark-submit.sh"), "--driver-memory", "1g", "jobs/minute_stats.py",
+                              "--conf-file", str(conf), *args, "--available-now"], capture_output=True, text=True,
+                             timeout=900, cwd=ROOT)
+        assert res.returncode == 0, res.stderr[-5000:]
+        t = Tables(delta, "check", storage_options=delta_storage_options(delta, load_config(conf)))
+        got = {r["ts"]: (r["unique_users"], r["frames"]) for r in t.read(MINUTE_STATS).to_pylist()}
+        assert got == recount(lines), f"waited through it: {waited}"
