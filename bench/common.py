@@ -84,8 +84,7 @@ def machine_info() -> dict:
         pass
     from importlib.metadata import PackageNotFoundError, version
     versions = {}
-    for dist in ("pyspark", "delta-spark", "confluent-kafka", "orjson", "pysimdjson", "duckdb", "pyarrow",
-                 "fastavro"):
+    for dist in ("pyspark", "delta-spark", "confluent-kafka", "orjson", "pysimdjson", "duckdb", "pyarrow"):
         try:
             versions[dist] = version(dist)
         except PackageNotFoundError:

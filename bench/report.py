@@ -414,16 +414,6 @@ def parsers_md(p: dict) -> str:
     return "\n".join(lines)
 
 
-def formats_md(f: dict) -> str:
-    lines = [f"{f['frames']:,} frames, one Python thread, best of {f['repeat']}.", "",
-             "| format | bytes/frame | bytes/frame, lz4 per 1,000 | decode ts+uid, frames/s |",
-             "|---|---:|---:|---:|"]
-    for r in f["rows"]:
-        lines.append(f"| {r['name']} | {fmt_int(r['bytes_per_frame'])} | {fmt_int(r['lz4_bytes_per_frame'])} "
-                     f"| {fmt_int(r['decode_frames_per_s'])} |")
-    return "\n".join(lines)
-
-
 def latency_md(lat: dict) -> str:
     if lat.get("error"):
         return f"live run failed: {lat['error']}"
@@ -481,8 +471,6 @@ def markdown(result: dict) -> str:
         out += ["", "## Scale-out: a projection", "", projection_md(result.get("projection"))]
     if result.get("parsers"):
         out += ["", "## Parse paths (Spark, parse-only)", "", parsers_md(result["parsers"])]
-    if result.get("formats"):
-        out += ["", "## JSON vs Avro", "", formats_md(result["formats"])]
     if result.get("latency"):
         out += ["", "## Live latency", "", latency_md(result["latency"])]
     if result.get("where_time_goes"):

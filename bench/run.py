@@ -27,8 +27,7 @@ Steps (progress on stderr, the result table on stdout):
    ``duckdb_jsonl``, ``backfill_jsonl``, ``duckdb_gz24``, ``backfill_gz24`` on the input
    (``.jsonl.gz``) and its plain ``.jsonl`` copy in ``bench/.work/``, in the same
    interleaved rounds; each result checked against the input's truth file.
-3. parse paths in Spark and JSON vs Avro (``bench/parsers.py``, ``bench/formats.py``)
-   unless ``--skip-parsers``.
+3. parse paths in Spark (``bench/parsers.py``) unless ``--skip-parsers``.
 4. live latency (``bench/latency.py``) unless ``--skip-latency``.
    Then the floor (``bench/floor.py``, ``--no-floor`` skips it): Spark's minimal stateless
    query vs the job, per micro-batch of 1,000 frames — wall p50/p90, Spark jobs and driver
@@ -64,7 +63,6 @@ from bench.common import (
     load_cfg,
     machine_info,
     prepare_topic,
-    read_lines,
     run_process,
     say,
     spark_cmd,
@@ -87,7 +85,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                     help="comma-separated throughput rows to run (default: all; 'none': no throughput rows)")
     ap.add_argument("--repeat", type=int, help="runs of each throughput row, interleaved; the median run "
                                                "(by frames/s) is reported (default 3, --smoke 1)")
-    ap.add_argument("--skip-parsers", action="store_true", help="skip the parse-path and format comparison")
+    ap.add_argument("--skip-parsers", action="store_true", help="skip the parse-path comparison")
     ap.add_argument("--skip-latency", action="store_true", help="skip the live latency run")
     ap.add_argument("--backlog-frames", type=int,
                     help=f"frames of the backlog row (job_exact on generated frames, seed {BACKLOG_SEED}); "
@@ -235,7 +233,7 @@ def run(args: argparse.Namespace) -> int:
     default_bootstrap = load_cfg().kafka.bootstrap_servers
     failures: list[str] = []
     rows: list[dict] = []
-    parsers = formats = latency = backlog = backfill = None
+    parsers = latency = backlog = backfill = None
     poison: dict | None = None
     topic = f"bench-{frames.count}"
     from bench.rows import run_row
@@ -288,8 +286,6 @@ def run(args: argparse.Namespace) -> int:
         if not args.skip_parsers:
             n = min(args.parser_frames, frames.count)
             parsers = _step("parsers", lambda: run_parsers(frames.path, n, repeat, work), failures)
-            from bench.formats import compare
-            formats = _step("formats", lambda: compare(read_lines(frames.path, n), repeat, say), failures)
         if not args.skip_latency:
             from bench.latency import measure
             latency = _step("latency", lambda: measure(frames.path, duration, work, args.bootstrap_servers),
@@ -317,7 +313,7 @@ def run(args: argparse.Namespace) -> int:
         "results": [r for r in rows if not r.get("error")],
         "failed_rows": [r for r in rows if r.get("error")],
         "backlog": backlog, "poison": poison, "backfill": backfill,
-        "parsers": parsers, "formats": formats, "latency": latency, "floor": floor,
+        "parsers": parsers, "latency": latency, "floor": floor,
         "where_time_goes": where_time_goes(rows + ([backlog] if backlog else [])),
         "failures": failures,
     }
