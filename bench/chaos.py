@@ -74,6 +74,7 @@ from bench.common import (
     topic_messages,
 )
 from bench.livejob import (
+    FACTS,
     LiveJob,
     LoadAverage,
     Loader,
@@ -241,9 +242,6 @@ class ChaosRun:
     live: bool = False
     spark_flags: list = field(default_factory=list)
     keep: bool = False
-
-
-FACTS = ("job_ready_s", "load_s", "rate_achieved", "drain_s", "job_stop", "final_pass_s")
 
 
 def run(c: ChaosRun) -> dict:

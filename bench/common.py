@@ -245,6 +245,13 @@ def broker_answers(cfg, timeout: float = 5.0) -> bool:
         return False
 
 
+def require_broker(cfg, prog: str) -> None:
+    """Exit with ONE clear line if the broker does not answer (the rows' own processes)."""
+    if not broker_answers(cfg):
+        raise SystemExit(f"{prog}: error: Kafka at {cfg.kafka.bootstrap_servers} does not answer — "
+                         "start it with `make kafka-up`")
+
+
 @contextmanager
 def broker(cfg, may_start: bool = True, run_dir: Path | None = None) -> Iterator[bool]:
     """Use the broker at the configured address; start the embedded one if none answers.

@@ -44,6 +44,8 @@ DEFAULT_CONF = REPO_ROOT / "conf" / "doodle.toml"
 START_TIMEOUT_S = 300
 STOP_TIMEOUT_S = 60
 DRAIN_TIMEOUT_S = 600
+#: what a live run records of its job (None until it happened)
+FACTS = ("job_ready_s", "load_s", "rate_achieved", "drain_s", "job_stop", "final_pass_s")
 
 
 # --------------------------------------------------------------------------- the job

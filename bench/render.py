@@ -149,12 +149,6 @@ def errors_sentence(errors: list[str]) -> str:
 
 
 # --------------------------------------------------------------------------- files
-def _atomic_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def write(out_dir: Path, stem: str, result: dict, md: str,
           plot: Callable[[dict, Path], None] | None = None) -> dict[str, Path]:
     """Write ``stem.json`` (the result), ``stem.md`` and, with ``plot``, ``stem.png`` into
@@ -162,7 +156,9 @@ def write(out_dir: Path, stem: str, result: dict, md: str,
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {"json": out_dir / f"{stem}.json", "md": out_dir / f"{stem}.md"}
     write_json(paths["json"], result)
-    _atomic_text(paths["md"], md)
+    tmp = out_dir / f"{stem}.md.tmp"
+    tmp.write_text(md)
+    os.replace(tmp, paths["md"])
     if plot is not None:
         paths["png"] = out_dir / f"{stem}.png"
         plot(result, paths["png"])

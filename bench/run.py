@@ -68,6 +68,7 @@ from bench.common import (
     say,
     spark_cmd,
 )
+from bench.rows import ROWS
 
 QUIET_LOAD = 1.5
 BACKLOG_FRAMES, BACKLOG_SEED = 3_000_000, 3
@@ -82,7 +83,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--frames", type=int, help="generate N frames instead of using data/stream.jsonl.gz")
     ap.add_argument("--smoke", action="store_true",
                     help="quick check (CI): short latency run, one repetition, results to bench/.work/smoke/")
-    ap.add_argument("--rows", default=",".join(_rows()),
+    ap.add_argument("--rows", default=",".join(ROWS),
                     help="comma-separated throughput rows to run (default: all; 'none': no throughput rows)")
     ap.add_argument("--repeat", type=int, help="runs of each throughput row, interleaved; the median run "
                                                "(by frames/s) is reported (default 3, --smoke 1)")
@@ -122,11 +123,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--bootstrap-servers", help="Kafka to use (default: [kafka] bootstrap_servers); "
                                                 "only the default one is started when down")
     return ap.parse_args(argv)
-
-
-def _rows():
-    from bench.rows import ROWS
-    return ROWS
 
 
 # --------------------------------------------------------------------------- steps
@@ -189,9 +185,9 @@ def _step(name: str, fn, failures: list[str]):
 def plan(args: argparse.Namespace) -> dict:
     """The run's settings from its flags (checked), with the ``--smoke`` defaults."""
     rows = [r.strip() for r in args.rows.split(",") if r.strip() and r.strip() != "none"]
-    unknown = set(rows) - set(_rows())
+    unknown = set(rows) - set(ROWS)
     if unknown:
-        raise BenchError(f"unknown rows: {', '.join(sorted(unknown))} (known: {', '.join(_rows())})")
+        raise BenchError(f"unknown rows: {', '.join(sorted(unknown))} (known: {', '.join(ROWS)})")
     s = args.smoke
     p = {"rows": rows, "work": WORK_DIR / ("smoke" if s else "runs"),
          "out_dir": Path(args.out_dir) if args.out_dir else (WORK_DIR / "smoke" if s else RESULTS_DIR),

@@ -83,6 +83,7 @@ from bench.common import (
 )
 from bench.latency import WARMUP_S, _epoch, batch_times, latencies
 from bench.livejob import (
+    FACTS,
     LiveJob,
     LoadAverage,
     Loader,
@@ -367,7 +368,7 @@ def run(conf: Path, rate: float, duration: float, users: int, seed: int, keep: b
     reader.start()
     live: dict = {"sampler": None, "loader": None}
     errors: list[str] = []
-    facts: dict = dict.fromkeys(("job_ready_s", "load_s", "rate_achieved", "drain_s", "job_stop", "final_pass_s"))
+    facts: dict = dict.fromkeys(FACTS)
     t_wall0 = time.monotonic()
 
     def cleanup() -> None:
