@@ -43,19 +43,25 @@ import sys
 import time
 from pathlib import Path
 
+from bench import render
 from bench.common import (
     WORK_DIR,
     BenchError,
     Frames,
-    fmt_int,
+    drop_tables,
+    fresh_dir,
     machine_info,
+    median_run,
     python,
+    read_truth,
     rel,
     run_process,
     say,
     spark_cmd,
+    with_load,
     write_json,
 )
+from bench.render import fmt_int
 
 ROWS = ("duckdb_jsonl", "backfill_jsonl", "duckdb_gz24", "backfill_gz24")
 PAIRS = (("jsonl", 0.35), ("gz24", 0.8))   # backfill_<fmt> ≥ factor × duckdb_<fmt>, exact
@@ -66,6 +72,8 @@ TIMEOUT_S = 3600
 # two years of history at the sample's mean rate (the same figure as bench.report.BACKFILL_RATE)
 HISTORY_RATE, HISTORY_DAYS = 47_404, 730
 HISTORY_FRAMES = HISTORY_RATE * 86_400 * HISTORY_DAYS
+
+EXACT = {True: "exact", False: "NOT exact", None: "not checked"}
 
 QUERY = """
 SELECT ts - ts % 60 AS minute, count(DISTINCT uid) AS unique_users, count(*) AS frames
@@ -118,14 +126,6 @@ def pieces_copy(gz: Path, work: Path = WORK_DIR, n: int = PIECES) -> Path:
     return glob
 
 
-def truth_of(frames: Frames) -> dict | None:
-    """The truth file of the input (generated inputs and the sample have one)."""
-    try:
-        return json.loads(frames.truth.read_text()) if frames.truth else None
-    except (OSError, ValueError):
-        return None
-
-
 def defect_free(truth: dict | None) -> bool:
     """Every line of the input is a valid frame (DuckDB's counts are comparable)."""
     return bool(truth) and truth.get("valid_frames") == truth.get("frames") and \
@@ -159,18 +159,21 @@ def duckdb_query(path: Path, threads: int = DUCKDB_THREADS) -> dict:
             "frames": sum(r[2] for r in rows), "minutes": [list(r) for r in rows]}
 
 
+def _row(name: str, path: Path, m: dict, res) -> dict:
+    """The figures both kinds of row have: frames/s on the query's (or job's) own seconds."""
+    return {"name": name, "input": rel(path), "frames": m["frames"], "query_s": m["seconds"],
+            "frames_per_s": round(m["frames"] / m["seconds"], 1), "wall_s": res.wall_s,
+            "peak_rss_mb": res.peak_rss_mb, "tree_cpu_s": res.cpu_s}
+
+
 def run_duckdb(name: str, path: Path, work: Path, truth: dict | None) -> dict:
     """The DuckDB query as its own process (``python -m bench.backfill --duckdb-query``)."""
-    run_dir = _fresh(work / name)
+    run_dir = fresh_dir(work / name)
     metrics = run_dir / "metrics.json"
     res = run_process([python(), "-m", "bench.backfill", "--duckdb-query", path, "--threads", DUCKDB_THREADS,
                        "--metrics-file", metrics], run_dir, name, timeout=TIMEOUT_S)
-    if res.returncode != 0 or not metrics.exists():
-        raise BenchError(f"{name} failed (exit {res.returncode}); see {res.stderr}\n{res.tail()}")
-    m = json.loads(metrics.read_text())
-    row = {"name": name, "input": rel(path), "frames": m["frames"], "query_s": m["seconds"],
-           "frames_per_s": round(m["frames"] / m["seconds"], 1), "wall_s": res.wall_s,
-           "peak_rss_mb": res.peak_rss_mb, "tree_cpu_s": res.cpu_s, "threads": m["threads"]}
+    m = res.output(name, metrics)
+    row = {**_row(name, path, m, res), "threads": m["threads"]}
     got = {mn: (u, f) for mn, u, f in m["minutes"]}
     if defect_free(truth):
         row["check"] = compare(got, truth)
@@ -189,41 +192,32 @@ def stored_minutes(delta: Path) -> dict[int, tuple[int, int]]:
     d = t.to_pydict()
     out: dict[int, tuple[int, int]] = {}
     for ts, u, f in zip(d["ts"], d["unique_users"], d["frames"]):
-        if ts in out:   # one row per minute is the contract; a second one is a mismatch
-            out[ts] = (-1, -1)
-        else:
-            out[ts] = (u, f)
+        out[ts] = (-1, -1) if ts in out else (u, f)   # one row per minute is the contract: a second mismatches
     return out
 
 
 def run_backfill(name: str, path: Path, work: Path, truth: dict | None, spark_flags: list[str] = ()) -> dict:
     """``jobs/backfill.py --input path`` with fresh Delta tables and checkpoint (default
     chunk size); checks ``minute_stats`` against the truth file, then removes the tables."""
-    run_dir = _fresh(work / name)
+    run_dir = fresh_dir(work / name)
     metrics = run_dir / "metrics.json"
     args = ["--input", path, "--delta-path", run_dir / "delta", "--checkpoint", run_dir / "checkpoint",
             "--metrics-file", metrics]
     res = run_process(spark_cmd("jobs/backfill.py", args, spark_flags), run_dir, name, timeout=TIMEOUT_S)
     try:
-        if res.returncode != 0 or not metrics.exists():
-            raise BenchError(f"{name} failed (exit {res.returncode}); see {res.stderr}\n{res.tail()}")
-        m = json.loads(metrics.read_text())
-        row = {"name": name, "input": rel(path), "frames": m["frames"], "query_s": m["seconds"],
-               "frames_per_s": round(m["frames"] / m["seconds"], 1), "wall_s": res.wall_s,
-               "wall_frames_per_s": round(m["frames"] / res.wall_s, 1), "peak_rss_mb": res.peak_rss_mb,
-               "tree_cpu_s": res.cpu_s, "counted": m.get("counted"), "chunks": m.get("chunks"),
-               "batch_s": round(m.get("batch_seconds", 0.0), 2), "quarantined": m.get("quarantined"),
-               "check": compare(stored_minutes(run_dir / "delta"), truth)}
-        return row
+        m = res.output(name, metrics)
+        return {**_row(name, path, m, res), "wall_frames_per_s": round(m["frames"] / res.wall_s, 1),
+                "counted": m.get("counted"), "chunks": m.get("chunks"), "quarantined": m.get("quarantined"),
+                "batch_s": round(m.get("batch_seconds", 0.0), 2),
+                "check": compare(stored_minutes(run_dir / "delta"), truth)}
     finally:
-        shutil.rmtree(run_dir / "delta", ignore_errors=True)
-        shutil.rmtree(run_dir / "checkpoint", ignore_errors=True)
+        drop_tables(run_dir)
 
 
 def scaling(frames: Frames, work: Path, master: str, cores: list[int]) -> list[dict]:
     """``backfill_jsonl`` on a standalone cluster (``make cluster-up``) with 1, 2, …
     executor cores (``--total-executor-cores``): frames/s as the cluster grows."""
-    truth, plain, out = truth_of(frames), plain_copy(frames.path), []
+    truth, plain, out = read_truth(frames.truth), plain_copy(frames.path), []
     for n in cores:
         say(f"backfill_jsonl on {master} with {n} executor core(s)")
         row = run_backfill(f"backfill_jsonl_{n}c", plain, work, truth,
@@ -233,19 +227,19 @@ def scaling(frames: Frames, work: Path, master: str, cores: list[int]) -> list[d
     return out
 
 
-def _fresh(d: Path) -> Path:
-    shutil.rmtree(d, ignore_errors=True)
-    d.mkdir(parents=True)
-    return d
-
-
 # --------------------------------------------------------------------------- the comparison
 def _median(runs: list[dict]) -> dict:
-    ordered = sorted(runs, key=lambda r: r["frames_per_s"])
-    row = dict(ordered[(len(ordered) - 1) // 2])
-    row["runs_frames_per_s"] = [r["frames_per_s"] for r in runs]
+    row = median_run(runs)
     exact = [r["check"].get("exact") for r in runs]
     row["exact_all_runs"] = None if None in exact else all(exact)
+    return row
+
+
+def _one_row(name: str, path: Path, work: Path, truth: dict | None) -> dict:
+    say(f"{name}: {rel(path)}")
+    row = with_load(lambda: (run_duckdb if name.startswith("duckdb") else run_backfill)(name, path, work, truth))
+    say(f"{name}: {row['frames']:,} frames, {row['frames_per_s']:,.0f} frames/s (query {row['query_s']:.1f}s, "
+        f"wall {row['wall_s']:.1f}s, peak RSS {row['peak_rss_mb']:,.0f} MB), " + EXACT[row["check"].get("exact")])
     return row
 
 
@@ -254,7 +248,7 @@ def measure(frames: Frames, work: Path, rounds: int = 1, cores: int | None = Non
     """The four rows on ``frames`` (and its plain copy), in ``rounds`` interleaved rounds;
     the median run of each row, the ratios against the targets and the projection.
     A row that fails is recorded (``failures``) and the others still run."""
-    truth = truth_of(frames)
+    truth = read_truth(frames.truth)
     plain = plain_copy(frames.path)
     inputs = {"jsonl": plain, "gz24": pieces_copy(frames.path)}
     runs: dict[str, list[dict]] = {n: [] for n in ROWS}
@@ -264,24 +258,13 @@ def measure(frames: Frames, work: Path, rounds: int = 1, cores: int | None = Non
         if rounds > 1:
             say(f"backfill vs DuckDB: round {k + 1} of {rounds}")
         for name in ROWS:
-            kind, fmt = name.split("_")
-            path = inputs[fmt]
-            say(f"{name}: {rel(path)}")
-            load_before = os.getloadavg()[0]
             try:
-                row = (run_duckdb if kind == "duckdb" else run_backfill)(name, path, work, truth)
+                runs[name].append(_one_row(name, inputs[name.split("_")[1]], work, truth))
             except BenchError as e:
                 say(f"{name} FAILED: {e}")
                 errors[name] = str(e).splitlines()[0]
                 if failures is not None:
                     failures.append(f"{name}: {errors[name]}")
-                continue
-            row["load1_before"], row["load1_after"] = round(load_before, 2), round(os.getloadavg()[0], 2)
-            ex = row["check"].get("exact")
-            say(f"{name}: {row['frames']:,} frames, {row['frames_per_s']:,.0f} frames/s (query {row['query_s']:.1f}s, "
-                f"wall {row['wall_s']:.1f}s, peak RSS {row['peak_rss_mb']:,.0f} MB), "
-                + {True: "exact", False: "NOT exact", None: "not checked"}[ex])
-            runs[name].append(row)
     rows = [(_median(runs[n]) if runs[n] else {"name": n, "error": errors.get(n, "no run")}) for n in ROWS]
     out = {"frames": frames.count, "input_gz": rel(frames.path), "input_jsonl": rel(plain),
            "input_gz24": rel(inputs["gz24"]), "bytes_gz": frames.path.stat().st_size,
@@ -352,14 +335,45 @@ def _check(r: dict) -> str:
     c = r.get("check") or {}
     ex = r.get("exact_all_runs", c.get("exact"))
     if ex is True:
-        return f"✅ exact ({c.get('minutes')} minute{'' if c.get('minutes') == 1 else 's'})"
+        return f"✅ exact ({render.plural(c.get('minutes'), 'minute')})"
     if ex is False:
         return f"❌ NOT exact ({c.get('mismatches')} of {c.get('minutes_expected')} minutes differ)"
     return f"– {c.get('note', 'not checked')}"
 
 
-def _mark(t: dict) -> str:
-    return "✅ met" if t["met"] is True else "❌ missed" if t["met"] is False else "–"
+def _rows_table(bf: dict) -> list[str]:
+    what = {"duckdb": f"DuckDB, {bf['duckdb_threads']} threads, `count(DISTINCT uid)` by minute",
+            "backfill": "`jobs/backfill.py` (parse, guard, quarantine, exact + HLL, Delta)"}
+    rows = []
+    for r in bf["rows"]:
+        kind = r["name"].split("_")[0]
+        if r.get("error"):
+            rows.append((f"`{r['name']}`", what[kind], f"❌ failed: {r['error'][:90]}", "", "", "", "", ""))
+        else:
+            rows.append((f"`{r['name']}`", what[kind], fmt_int(r["frames_per_s"]), render.all_runs(
+                r.get("runs_frames_per_s")), f"{r['query_s']:.1f}", f"{r['wall_s']:.1f}", fmt_int(r["peak_rss_mb"]),
+                _check(r)))
+    return render.table(["row", "what", "frames/s", "all runs", "query s", "wall s", "peak RSS MB",
+                         "per-minute result vs truth"], rows, "llrrrrrl")
+
+
+def _ratios(bf: dict) -> str:
+    return "Ratios (also in the targets above): " + "; ".join(
+        f"{t['row']} / duckdb_{t['row'].split('_', 1)[1]} = "
+        + (f"**{t['value']:.2f}×**" if t["value"] is not None else "not measured")
+        + f" (target ≥ {t['threshold']:g}×: {render.mark(t['met'])}; "
+        + {True: "exact", False: "NOT exact", None: "exactness not checked"}[t["exact"]] + ")"
+        for t in bf["targets"]) + "."
+
+
+def _projection_md(p: dict) -> list[str]:
+    return ["", f"**Two years of history — a projection, not a measurement:** {HISTORY_RATE:,} frames/s × "
+                f"86,400 × {HISTORY_DAYS} = {HISTORY_FRAMES:,} frames, at each row's measured frames/s per core "
+                f"(frames/s ÷ {p['cores']} cores here), assuming that rate per core holds on more cores and on "
+                "every day of history (the sample's ~2.1 KB frames; storage and network keep up; no start-up).", "",
+            *render.table(["row", "frames/s per core", "core-hours", f"days on this machine ({p['cores']} cores)"],
+                          [(f"`{r['row']}`", fmt_int(r["frames_per_s_per_core"]), fmt_int(r["core_hours"]),
+                            f"{r['days_on_this_machine']:,.1f}") for r in p["rows"]], "lrrr")]
 
 
 def markdown(bf: dict, targets_table: bool = True) -> str:
@@ -368,57 +382,22 @@ def markdown(bf: dict, targets_table: bool = True) -> str:
     gz_mb, pl_mb = bf.get("bytes_gz24", bf["bytes_gz"]) / 1e6, bf["bytes_jsonl"] / 1e6
     lines = [f"{bf['frames']:,} frames of `{bf['input_gz']}`: its plain copy `{bf['input_jsonl']}` "
              f"({pl_mb:,.0f} MB) and {PIECES} consecutive pieces `{bf.get('input_gz24')}` ({gz_mb:,.0f} MB); "
-             f"{bf['rounds']} interleaved "
-             f"round{'s' if bf['rounds'] != 1 else ''}, the median run of each row"
-             + (" with every run's frames/s" if bf["rounds"] > 1 else "") + ".", "",
-             "| row | what | frames/s | all runs | query s | wall s | peak RSS MB | per-minute result vs truth |",
-             "|---|---|---:|---:|---:|---:|---:|---|"]
-    what = {"duckdb": f"DuckDB, {bf['duckdb_threads']} threads, `count(DISTINCT uid)` by minute",
-            "backfill": "`jobs/backfill.py` (parse, guard, quarantine, exact + HLL, Delta)"}
-    for r in bf["rows"]:
-        kind = r["name"].split("_")[0]
-        if r.get("error"):
-            lines.append(f"| `{r['name']}` | {what[kind]} | ❌ failed: {r['error'][:90]} | | | | | |")
-            continue
-        runs = r.get("runs_frames_per_s") or []
-        all_runs = " / ".join(f"{v / 1000:,.0f}k" for v in runs) if len(runs) > 1 else "–"
-        lines.append(f"| `{r['name']}` | {what[kind]} | {fmt_int(r['frames_per_s'])} | {all_runs} "
-                     f"| {r['query_s']:.1f} | {r['wall_s']:.1f} | {fmt_int(r['peak_rss_mb'])} | {_check(r)} |")
-    if targets_table:
-        lines += ["", "| target | result | by how much |", "|---|---|---|"]
-        for t in bf["targets"]:
-            lines.append(f"| {t['target']} | {_mark(t)} | {t['margin']} |")
-    else:
-        lines += ["", "Ratios (also in the targets above): " + "; ".join(
-            f"{t['row']} / duckdb_{t['row'].split('_', 1)[1]} = "
-            + (f"**{t['value']:.2f}×**" if t["value"] is not None else "not measured")
-            + f" (target ≥ {t['threshold']:g}×: {_mark(t)}; "
-            + {True: "exact", False: "NOT exact", None: "exactness not checked"}[t["exact"]] + ")"
-            for t in bf["targets"]) + "."]
-    lines += ["", "frames/s: DuckDB = frames / the query (execute → fetched result; Python start-up excluded); "
-                  "backfill = frames / the job's metrics `seconds` (first chunk → final flush; JVM and Spark "
-                  "session start excluded; `wall s` includes them"
-              + "".join(f", {r['name']} {fmt_int(r['wall_frames_per_s'])} frames/s on wall time"
-                        for r in bf["rows"] if r.get("wall_frames_per_s")) + "). "
-              "DuckDB decompresses a `.gz` file on one thread (files in parallel). It has no guard, no quarantine, "
-              "no stdin and "
-              "does not scale out. "
-              + ("The input is defect-free, so DuckDB's `count(*)` per minute is comparable with the truth file."
-                 if bf.get("defect_free") else
-                 "DuckDB's counts are not compared: the input has invalid frames, which `count(*)` counts (a "
-                 "frame without a valid ts in a NULL minute) and the backfill quarantines.")]
+             f"{render.plural(bf['rounds'], 'interleaved round')}, the median run of each row"
+             + (" with every run's frames/s" if bf["rounds"] > 1 else "") + ".", "", *_rows_table(bf), "",
+             *(render.targets(bf["targets"]) if targets_table else [_ratios(bf)]), "",
+             "frames/s: DuckDB = frames / the query (execute → fetched result; Python start-up excluded); "
+             "backfill = frames / the job's metrics `seconds` (first chunk → final flush; JVM and Spark "
+             "session start excluded; `wall s` includes them"
+             + "".join(f", {r['name']} {fmt_int(r['wall_frames_per_s'])} frames/s on wall time"
+                       for r in bf["rows"] if r.get("wall_frames_per_s")) + "). "
+             "DuckDB decompresses a `.gz` file on one thread (files in parallel). It has no guard, no quarantine, "
+             "no stdin and does not scale out. "
+             + ("The input is defect-free, so DuckDB's `count(*)` per minute is comparable with the truth file."
+                if bf.get("defect_free") else
+                "DuckDB's counts are not compared: the input has invalid frames, which `count(*)` counts (a "
+                "frame without a valid ts in a NULL minute) and the backfill quarantines.")]
     p = bf.get("projection") or {}
-    if p.get("rows"):
-        lines += ["", f"**Two years of history — a projection, not a measurement:** {HISTORY_RATE:,} frames/s × "
-                      f"86,400 × {HISTORY_DAYS} = {HISTORY_FRAMES:,} frames, at each row's measured frames/s per core "
-                      f"(frames/s ÷ {p['cores']} cores here), assuming that rate per core holds on more cores and on "
-                      "every day of history (the sample's ~2.1 KB frames; storage and network keep up; no start-up).",
-                  "", f"| row | frames/s per core | core-hours | days on this machine ({p['cores']} cores) |",
-                  "|---|---:|---:|---:|"]
-        for r in p["rows"]:
-            lines.append(f"| `{r['row']}` | {fmt_int(r['frames_per_s_per_core'])} | {fmt_int(r['core_hours'])} "
-                         f"| {r['days_on_this_machine']:,.1f} |")
-    return "\n".join(lines)
+    return "\n".join(lines + (_projection_md(p) if p.get("rows") else []))
 
 
 def text_lines(bf: dict) -> list[str]:
@@ -430,9 +409,8 @@ def text_lines(bf: dict) -> list[str]:
         else:
             ex = r.get("exact_all_runs", (r.get("check") or {}).get("exact"))
             out.append(f"{r['name']:<14} {fmt_int(r['frames_per_s']):>10} frames/s  query {r['query_s']:.1f}s "
-                       f"wall {r['wall_s']:.1f}s  " + {True: "exact", False: "NOT exact", None: "not checked"}[ex])
-    for t in bf.get("targets") or []:
-        out.append(f"{_mark(t):<9} {t['target']}: {t['margin']}")
+                       f"wall {r['wall_s']:.1f}s  " + EXACT[ex])
+    out += [f"{render.mark(t['met']):<9} {t['target']}: {t['margin']}" for t in bf.get("targets") or []]
     for r in (bf.get("projection") or {}).get("rows") or []:
         if r["row"].startswith("backfill"):
             out.append(f"projection: two years of history with {r['row']}: {fmt_int(r['core_hours'])} core-hours")
@@ -460,10 +438,10 @@ def main(argv=None) -> int:
         else:
             print(json.dumps(m))
         return 0
-    from bench.common import frames_file
-    try:
-        frames = frames_file(args.frames)
-        failures: list[str] = []
+    from bench.common import frames_file, guarded
+
+    def go() -> int:
+        frames, failures = frames_file(args.frames), []
         if args.master:
             rows = scaling(frames, WORK_DIR / "runs", args.master, [int(c) for c in args.cores.split(",")])
             if args.out:
@@ -471,13 +449,11 @@ def main(argv=None) -> int:
                                             "date": time.strftime("%Y-%m-%d"), "rows": rows})
             return 0 if all(r["check"].get("exact") for r in rows) else 1
         bf = measure(frames, WORK_DIR / "runs", max(1, args.repeat), failures=failures)
-    except BenchError as e:
-        print(f"bench: error: {e}", file=sys.stderr)
-        return 2
-    if args.out:
-        write_json(Path(args.out), bf)
-    print(markdown(bf))
-    return 1 if failures else 0
+        if args.out:
+            write_json(Path(args.out), bf)
+        print(markdown(bf))
+        return 1 if failures else 0
+    return guarded("backfill", go)
 
 
 if __name__ == "__main__":

@@ -8,9 +8,10 @@ Everything here is small and synchronous; the modules that measure something
 
 from __future__ import annotations
 
-import dataclasses
 import json
+import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -68,6 +69,59 @@ def write_json(path: Path, obj) -> None:
     os.replace(tmp, path)
 
 
+def fresh_dir(d: Path) -> Path:
+    """``d`` emptied (created if missing)."""
+    shutil.rmtree(d, ignore_errors=True)
+    d.mkdir(parents=True)
+    return d
+
+
+def drop_tables(run_dir: Path) -> None:
+    """Delete a run's Delta tables and checkpoint (``delta/``, ``checkpoint/``)."""
+    for d in ("delta", "checkpoint"):
+        shutil.rmtree(run_dir / d, ignore_errors=True)
+
+
+def with_load(fn) -> dict:
+    """``fn()``'s row with the 1-minute load average before and after it (other work on the
+    machine skews a row)."""
+    before = os.getloadavg()[0]
+    row = fn()
+    row["load1_before"], row["load1_after"] = round(before, 2), round(os.getloadavg()[0], 2)
+    return row
+
+
+# --------------------------------------------------------------------------- statistics
+def _rank(n: int, q: float) -> int:
+    """Index of the nearest-rank ``q``-th percentile in ``n`` sorted values (p50 of an even
+    count: the lower middle)."""
+    return min(n - 1, max(0, math.ceil(q / 100 * n) - 1))
+
+
+def percentile(values, q: float) -> float | None:
+    """THE percentile of the benchmarks: nearest rank (a value that occurred; p50 of an even
+    count is the lower middle), rounded to 3 decimals; None without values."""
+    if not values:
+        return None
+    v = sorted(values)
+    return round(v[_rank(len(v), q)], 3)
+
+
+def summary(values) -> dict:
+    """n, p50, p90, p99 and max (seconds) of ``values``."""
+    return {"n": len(values), "p50_s": percentile(values, 50), "p90_s": percentile(values, 90),
+            "p99_s": percentile(values, 99), "max_s": round(max(values), 3) if values else None}
+
+
+def median_run(runs: list[dict], key: str = "frames_per_s") -> dict:
+    """The median run of one row by ``key`` (:func:`percentile`'s p50), with every run's
+    frames/s attached so that the spread is visible."""
+    ordered = sorted(runs, key=lambda r: r[key])
+    row = dict(ordered[_rank(len(ordered), 50)])
+    row["runs_frames_per_s"] = [r["frames_per_s"] for r in runs]
+    return row
+
+
 # --------------------------------------------------------------------------- machine
 def machine_info() -> dict:
     """Cores, memory and CPU model of this machine (from /proc), plus load and versions."""
@@ -84,8 +138,7 @@ def machine_info() -> dict:
         pass
     from importlib.metadata import PackageNotFoundError, version
     versions = {}
-    for dist in ("pyspark", "delta-spark", "confluent-kafka", "orjson", "pysimdjson", "duckdb", "pyarrow",
-                 "fastavro"):
+    for dist in ("pyspark", "delta-spark", "confluent-kafka", "orjson", "pysimdjson", "duckdb", "pyarrow"):
         try:
             versions[dist] = version(dist)
         except PackageNotFoundError:
@@ -112,9 +165,10 @@ class Frames:
     truth: Path | None = None
 
 
-def _truth_of(truth_path: Path) -> dict | None:
+def read_truth(truth_path: Path | None) -> dict | None:
+    """The generator's truth file (None if there is none or it is unreadable)."""
     try:
-        return json.loads(truth_path.read_text())
+        return json.loads(truth_path.read_text()) if truth_path else None
     except (OSError, ValueError):
         return None
 
@@ -130,7 +184,7 @@ def frames_file(frames: int | None, seed: int | None = None) -> Frames:
         if not SAMPLE.exists():
             raise BenchError(f"{SAMPLE.relative_to(REPO_ROOT)} is missing — run `make sample` "
                              "(or pass --frames N to generate N frames)")
-        truth = _truth_of(SAMPLE_TRUTH)
+        truth = read_truth(SAMPLE_TRUTH)
         if truth is None:
             n, size = _count_lines(SAMPLE)
             return Frames(SAMPLE, n, size / max(n, 1), None)
@@ -141,7 +195,7 @@ def frames_file(frames: int | None, seed: int | None = None) -> Frames:
     stem = f"frames-{frames}" + ("" if params["seed"] == GEN_PARAMS["seed"] else f"-seed{params['seed']}")
     path = WORK_DIR / f"{stem}.jsonl.gz"
     truth_path = WORK_DIR / f"{stem}.truth.json"
-    truth = _truth_of(truth_path) if path.exists() else None
+    truth = read_truth(truth_path) if path.exists() else None
     if truth is None or truth.get("frames") != frames or \
             (truth.get("params") or {}).get("seed", params["seed"]) != params["seed"]:
         from tools.generator import GenConfig, write
@@ -192,36 +246,48 @@ def broker_answers(cfg, timeout: float = 5.0) -> bool:
 
 
 def require_broker(cfg, prog: str) -> None:
-    """Exit with ONE clear line if the broker does not answer."""
+    """Exit with ONE clear line if the broker does not answer (the rows' own processes)."""
     if not broker_answers(cfg):
         raise SystemExit(f"{prog}: error: Kafka at {cfg.kafka.bootstrap_servers} does not answer — "
                          "start it with `make kafka-up`")
 
 
 @contextmanager
-def broker(cfg, may_start: bool = True) -> Iterator[bool]:
+def broker(cfg, may_start: bool = True, run_dir: Path | None = None) -> Iterator[bool]:
     """Use the broker at the configured address; start the embedded one if none answers.
 
     Yields True if this call started it — and then stops it (by its PID file) on exit.
-    Only the default address of conf/doodle.toml can be started here.
+    ``run_dir``: the folder of its data and PID file (``DOODLE_KAFKA_DIR``) while it runs,
+    apart from `make kafka-up`'s (a broker on another port than conf/doodle.toml's).
     """
     from tools import kafka_local
-    if broker_answers(cfg, timeout=3):
-        yield False
-        return
-    if not may_start:
-        raise BenchError(f"Kafka at {cfg.kafka.bootstrap_servers} does not answer — start it with "
-                         "`make kafka-up`")
-    say(f"no broker at {cfg.kafka.bootstrap_servers}; starting the embedded one (stopped at the end)")
+    old = os.environ.get("DOODLE_KAFKA_DIR")
+    if run_dir is not None:
+        os.environ["DOODLE_KAFKA_DIR"] = str(run_dir)
     try:
-        kafka_local.up(cfg)
-    except kafka_local.BrokerError as e:
-        raise BenchError(f"could not start Kafka ({e}) — try `make kafka-up`") from None
-    try:
-        yield True
+        if broker_answers(cfg, timeout=3):
+            yield False
+            return
+        if not may_start:
+            raise BenchError(f"Kafka at {cfg.kafka.bootstrap_servers} does not answer — start it with "
+                             "`make kafka-up`")
+        say(f"no broker at {cfg.kafka.bootstrap_servers}; starting the embedded one (stopped at the end)")
+        try:
+            kafka_local.up(cfg)
+        except kafka_local.BrokerError as e:
+            if run_dir is not None:
+                kafka_local.down()   # its own folder's PID file: only a broker up() just started
+            raise BenchError(f"could not start Kafka ({e}) — try `make kafka-up`") from None
+        try:
+            yield True
+        finally:
+            say(f"stopping the broker this run started ({cfg.kafka.bootstrap_servers})")
+            kafka_local.down()
     finally:
-        say("stopping the broker this run started")
-        kafka_local.down()
+        if run_dir is not None and old is None:
+            os.environ.pop("DOODLE_KAFKA_DIR", None)
+        elif run_dir is not None:
+            os.environ["DOODLE_KAFKA_DIR"] = old
 
 
 def delete_topics(cfg, names: Sequence[str]) -> None:
@@ -312,6 +378,16 @@ def topic_messages(cfg, topic: str) -> int:
 
 
 # --------------------------------------------------------------------------- processes
+def process_tree(pid: int) -> list:
+    """psutil processes of ``pid`` and all its descendants (alive now; [] if it is gone)."""
+    import psutil
+    try:
+        root = psutil.Process(pid)
+        return [root] + root.children(recursive=True)
+    except psutil.Error:
+        return []
+
+
 class RssSampler:
     """Samples the summed RSS of a process tree (root + all descendants) every ``interval`` s.
 
@@ -334,13 +410,8 @@ class RssSampler:
 
     def sample(self) -> int:
         import psutil
-        try:
-            root = psutil.Process(self.pid)
-            procs = [root] + root.children(recursive=True)
-        except psutil.Error:
-            return 0
         total = 0
-        for p in procs:
+        for p in process_tree(self.pid):
             try:
                 total += p.memory_info().rss
             except psutil.Error:
@@ -376,11 +447,11 @@ class ProcResult:
             return ""
         return "\n".join(lines[-n:])
 
-    def as_dict(self) -> dict:
-        d = dataclasses.asdict(self)
-        d["cmd"] = " ".join(map(str, self.cmd))
-        d["stdout"], d["stderr"] = rel(self.stdout), rel(self.stderr)
-        return d
+    def output(self, name: str, path: Path) -> dict:
+        """The JSON the run wrote to ``path``; a failed run or a missing file raises."""
+        if self.returncode != 0 or not path.exists():
+            raise BenchError(f"{name} failed (exit {self.returncode}); see {self.stderr}\n{self.tail()}")
+        return json.loads(path.read_text())
 
 
 def rel(path) -> str:
@@ -451,8 +522,3 @@ def kill_group(proc: subprocess.Popen) -> None:
         proc.wait(timeout=30)
     except subprocess.TimeoutExpired:
         pass
-
-
-def fmt_int(x: float | int | None) -> str:
-    """``1234567.8`` → ``1,234,568``; None → ``–``."""
-    return "–" if x is None else f"{x:,.0f}"

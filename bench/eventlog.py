@@ -35,6 +35,7 @@ from datetime import datetime
 from pathlib import Path
 
 from bench.common import rel
+from bench.render import binary_bytes
 
 CATEGORIES = ("read/parse/count", "delta", "other")
 
@@ -78,109 +79,101 @@ def _union_length(intervals: list[tuple[int, int]]) -> int:
     return total
 
 
+class _Log:
+    """What :func:`analyse` keeps of an event log's lines."""
+
+    def __init__(self):
+        self.execs: dict[int, dict] = {}
+        self.job_exec: dict[int, int | None] = {}
+        self.job_desc: dict[int, str] = {}
+        self.job_span: dict[int, list[int]] = {}
+        self.stage_job: dict[int, int] = {}
+        self.tasks: dict = defaultdict(lambda: defaultdict(float))   # exec id (or -1) -> metric -> value
+        self.query_start: int | None = None
+
+    def feed(self, e: dict) -> None:
+        ev = e["Event"]
+        if ev.endswith("SQLExecutionStart"):
+            self.execs[e["executionId"]] = {"desc": (e.get("description") or "").split("\n")[0][:90],
+                                            "plan": e.get("physicalPlanDescription") or "", "start": e.get("time")}
+        elif ev.endswith("SQLExecutionEnd") and e["executionId"] in self.execs:
+            self.execs[e["executionId"]]["end"] = e.get("time")
+        elif ev == "SparkListenerJobStart":
+            props, jid = e.get("Properties") or {}, e["Job ID"]
+            x = props.get("spark.sql.execution.id")
+            self.job_exec[jid] = int(x) if x is not None else None
+            self.job_desc[jid] = (props.get("spark.job.description") or "").split("\n")[0]
+            self.job_span[jid] = [e["Submission Time"], e["Submission Time"]]
+            self.stage_job.update({sid: jid for sid in e.get("Stage IDs", [])})
+        elif ev == "SparkListenerJobEnd" and e["Job ID"] in self.job_span:
+            self.job_span[e["Job ID"]][1] = e["Completion Time"]
+        elif ev == "SparkListenerTaskEnd":
+            self._task(e)
+        elif ev.endswith("QueryStartedEvent") and e.get("timestamp"):
+            try:
+                self.query_start = int(datetime.fromisoformat(e["timestamp"].replace("Z", "+00:00"))
+                                       .timestamp() * 1000)
+            except ValueError:
+                pass
+
+    def _task(self, e: dict) -> None:
+        m = e.get("Task Metrics") or {}
+        jid = self.stage_job.get(e["Stage ID"])
+        x = self.job_exec.get(jid, None) if jid is not None else None
+        t = self.tasks[x if x is not None else -1]
+        inp = m.get("Input Metrics") or {}
+        for k, v in (("tasks", 1), ("run_s", m.get("Executor Run Time", 0) / 1e3),
+                     ("cpu_s", m.get("Executor CPU Time", 0) / 1e9), ("gc_s", m.get("JVM GC Time", 0) / 1e3),
+                     ("deser_s", m.get("Executor Deserialize Time", 0) / 1e3),
+                     ("result_bytes", m.get("Result Size", 0)), ("records_read", inp.get("Records Read", 0)),
+                     ("bytes_read", inp.get("Bytes Read", 0))):
+            t[k] += v
+
+    def executions(self) -> tuple[dict, list[dict]]:
+        """Task totals per category and per SQL execution (largest task time first)."""
+        by_cat = {c: defaultdict(float) for c in CATEGORIES}
+        rows = []
+        for x, t in self.tasks.items():
+            info = self.execs.get(x, {"desc": "(no SQL execution)", "plan": ""})
+            desc = info["desc"]
+            if x != -1 and (not desc or desc.startswith("$anonfun") or desc.startswith("call at")):
+                desc = next((self.job_desc[j] for j, ex in self.job_exec.items()
+                             if ex == x and self.job_desc.get(j)), "") or desc
+            cat = _category(desc + " " + info.get("desc", ""), info["plan"], t["records_read"])
+            for k, v in t.items():
+                by_cat[cat][k] += v
+            by_cat[cat]["executions"] += 1
+            wall = ((info.get("end") or 0) - (info.get("start") or 0)) / 1e3 if info.get("end") else None
+            rows.append({"execution": x, "category": cat, "desc": desc[:80],
+                         "wall_s": round(wall, 2) if wall is not None else None,
+                         **{k: round(v, 2) for k, v in t.items()}})
+        return by_cat, sorted(rows, key=lambda r: -r["run_s"])
+
+
 def analyse(path: Path) -> dict:
     """Summarise one event log: totals, per category, top executions (times in seconds)."""
     path = find_log(path)
-    execs: dict[int, dict] = {}
-    job_exec: dict[int, int | None] = {}
-    job_desc: dict[int, str] = {}
-    job_span: dict[int, list[int]] = {}
-    stage_job: dict[int, int] = {}
-    tasks = defaultdict(lambda: defaultdict(float))   # exec id (or -1) -> metric -> value
-    query_start = None
+    log = _Log()
     with open(path, encoding="utf-8") as fh:
         for line in fh:
-            e = json.loads(line)
-            ev = e["Event"]
-            if ev.endswith("SQLExecutionStart"):
-                execs[e["executionId"]] = {"desc": (e.get("description") or "").split("\n")[0][:90],
-                                           "plan": e.get("physicalPlanDescription") or "",
-                                           "start": e.get("time")}
-            elif ev.endswith("SQLExecutionEnd"):
-                if e["executionId"] in execs:
-                    execs[e["executionId"]]["end"] = e.get("time")
-            elif ev == "SparkListenerJobStart":
-                props = e.get("Properties") or {}
-                jid = e["Job ID"]
-                x = props.get("spark.sql.execution.id")
-                job_exec[jid] = int(x) if x is not None else None
-                job_desc[jid] = (props.get("spark.job.description") or "").split("\n")[0]
-                job_span[jid] = [e["Submission Time"], e["Submission Time"]]
-                for sid in e.get("Stage IDs", []):
-                    stage_job[sid] = jid
-            elif ev == "SparkListenerJobEnd":
-                if e["Job ID"] in job_span:
-                    job_span[e["Job ID"]][1] = e["Completion Time"]
-            elif ev == "SparkListenerTaskEnd":
-                m = e.get("Task Metrics") or {}
-                jid = stage_job.get(e["Stage ID"])
-                x = job_exec.get(jid, None) if jid is not None else None
-                t = tasks[x if x is not None else -1]
-                t["tasks"] += 1
-                t["run_s"] += m.get("Executor Run Time", 0) / 1e3
-                t["cpu_s"] += m.get("Executor CPU Time", 0) / 1e9
-                t["gc_s"] += m.get("JVM GC Time", 0) / 1e3
-                t["deser_s"] += m.get("Executor Deserialize Time", 0) / 1e3
-                t["result_bytes"] += m.get("Result Size", 0)
-                inp = m.get("Input Metrics") or {}
-                t["records_read"] += inp.get("Records Read", 0)
-                t["bytes_read"] += inp.get("Bytes Read", 0)
-            elif ev.endswith("QueryStartedEvent") and e.get("timestamp"):
-                try:
-                    query_start = int(datetime.fromisoformat(e["timestamp"].replace("Z", "+00:00"))
-                                      .timestamp() * 1000)
-                except ValueError:
-                    pass
-
-    spans = [tuple(v) for v in job_span.values()]
+            log.feed(json.loads(line))
+    spans = [(a, b) for a, b in log.job_span.values()]
     first = min((a for a, _ in spans), default=0)
-    last = max((b for _, b in spans), default=0)
-    start = min(query_start, first) if query_start else first
-    span_ms = max(last - start, 0)
+    start = min(log.query_start, first) if log.query_start else first
+    span_ms = max(max((b for _, b in spans), default=0) - start, 0)
     busy_ms = _union_length(spans)
+    by_cat, rows = log.executions()
 
-    by_cat = {c: defaultdict(float) for c in CATEGORIES}
-    rows = []
-    for x, t in tasks.items():
-        info = execs.get(x, {"desc": "(no SQL execution)", "plan": ""})
-        desc = info["desc"]
-        if x != -1 and (not desc or desc.startswith("$anonfun") or desc.startswith("call at")):
-            jd = next((job_desc[j] for j, ex in job_exec.items() if ex == x and job_desc.get(j)), "")
-            desc = jd or desc
-        cat = _category(desc + " " + info.get("desc", ""), info["plan"], t["records_read"])
-        c = by_cat[cat]
-        for k, v in t.items():
-            c[k] += v
-        c["executions"] += 1
-        wall = ((info.get("end") or 0) - (info.get("start") or 0)) / 1e3 if info.get("end") else None
-        rows.append({"execution": x, "category": cat, "desc": desc[:80],
-                     "wall_s": round(wall, 2) if wall is not None else None,
-                     **{k: round(v, 2) for k, v in t.items()}})
-    rows.sort(key=lambda r: -r["run_s"])
-    total_run = sum(t["run_s"] for t in tasks.values())
+    def total(k: str) -> float:
+        return sum(t[k] for t in log.tasks.values())
     return {
-        "log": rel(path),
-        "span_s": round(span_ms / 1e3, 2),
-        "jobs": len(job_span),
-        "jobs_busy_s": round(busy_ms / 1e3, 2),
-        "driver_only_s": round((span_ms - busy_ms) / 1e3, 2),
-        "task_run_s": round(total_run, 2),
-        "task_cpu_s": round(sum(t["cpu_s"] for t in tasks.values()), 2),
-        "task_gc_s": round(sum(t["gc_s"] for t in tasks.values()), 2),
-        "tasks": int(sum(t["tasks"] for t in tasks.values())),
-        "result_bytes": int(sum(t["result_bytes"] for t in tasks.values())),
+        "log": rel(path), "span_s": round(span_ms / 1e3, 2), "jobs": len(log.job_span),
+        "jobs_busy_s": round(busy_ms / 1e3, 2), "driver_only_s": round((span_ms - busy_ms) / 1e3, 2),
+        "task_run_s": round(total("run_s"), 2), "task_cpu_s": round(total("cpu_s"), 2),
+        "task_gc_s": round(total("gc_s"), 2), "tasks": int(total("tasks")), "result_bytes": int(total("result_bytes")),
         "categories": {c: {k: round(v, 2) for k, v in d.items()} for c, d in by_cat.items() if d},
         "top_executions": rows[:12],
     }
-
-
-def fmt_bytes(n: float) -> str:
-    """``1536`` → ``1.5 KB``; powers of 1024."""
-    for unit in ("B", "KB", "MB", "GB"):
-        if abs(n) < 1024 or unit == "GB":
-            return f"{n:,.0f} {unit}" if unit == "B" else f"{n:,.1f} {unit}"
-        n /= 1024
-    return f"{n:,.1f} GB"
 
 
 def render(summary: dict) -> str:
@@ -190,17 +183,17 @@ def render(summary: dict) -> str:
            f"span {s['span_s']:.1f}s: Spark jobs running {s['jobs_busy_s']:.1f}s ({s['jobs']} jobs), "
            f"driver-only {s['driver_only_s']:.1f}s; task time {s['task_run_s']:.1f}s "
            f"(CPU {s['task_cpu_s']:.1f}s, GC {s['task_gc_s']:.1f}s); task results to the driver "
-           f"{fmt_bytes(s.get('result_bytes', 0))}",
+           f"{binary_bytes(s.get('result_bytes', 0))}",
            f"{'category':<20} {'execs':>5} {'tasks':>6} {'run s':>7} {'cpu s':>7} {'gc s':>6} {'records':>10} "
            f"{'results':>9}"]
     for c, d in s["categories"].items():
         out.append(f"{c:<20} {d.get('executions', 0):>5.0f} {d.get('tasks', 0):>6.0f} {d.get('run_s', 0):>7.1f} "
                    f"{d.get('cpu_s', 0):>7.1f} {d.get('gc_s', 0):>6.1f} {d.get('records_read', 0):>10,.0f} "
-                   f"{fmt_bytes(d.get('result_bytes', 0)):>9}")
+                   f"{binary_bytes(d.get('result_bytes', 0)):>9}")
     out.append("top executions by task time:")
     for r in s["top_executions"][:8]:
         out.append(f"  #{r['execution']:<4} {r['category']:<19} run {r['run_s']:>6.1f}s cpu {r['cpu_s']:>6.1f}s "
-                   f"tasks {r['tasks']:>3.0f} results {fmt_bytes(r.get('result_bytes', 0)):>8}  {r['desc']}")
+                   f"tasks {r['tasks']:>3.0f} results {binary_bytes(r.get('result_bytes', 0)):>8}  {r['desc']}")
     return "\n".join(out)
 
 

@@ -46,7 +46,6 @@ from __future__ import annotations
 
 import argparse
 import gzip
-import json
 import os
 import shutil
 import sys
@@ -60,23 +59,26 @@ try:
 except ImportError:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench import render
 from bench.common import (
     GEN_PARAMS,
     REPO_ROOT,
     RESULTS_DIR,
     WORK_DIR,
     BenchError,
+    broker,
+    fresh_dir,
     guarded,
     machine_info,
+    percentile,
     python,
     read_lines,
     rel,
     run_process,
     say,
     spark_cmd,
-    write_json,
+    summary,
 )
-from bench.latency import _pct, summary
 
 DEFAULT_FRAMES, SMOKE_FRAMES = 20_000, 3_000
 DEFAULT_ROUNDS = 2
@@ -104,9 +106,8 @@ def write_conf(path: Path, port: int, **overrides) -> Path:
 @contextmanager
 def own_broker(port: int, work: Path) -> Iterator[tuple[object, Path]]:
     """An embedded broker of this run only, on 127.0.0.1:``port``, in a fresh run folder;
-    yields (config, conf file). Stopped at the end by the PID it was started with."""
+    yields (config, conf file). Stopped at the end (by its PID file in that folder)."""
     from doodlestats.runtime.config import load_config
-    from tools import kafka_local
     from tools._proc import port_open
     for p in (port, port + 1):
         if port_open("127.0.0.1", p):
@@ -115,26 +116,10 @@ def own_broker(port: int, work: Path) -> Iterator[tuple[object, Path]]:
     cfg = load_config(conf)
     run = work / f"kafka-{port}"
     shutil.rmtree(run, ignore_errors=True)
-    old = os.environ.get("DOODLE_KAFKA_DIR")
-    os.environ["DOODLE_KAFKA_DIR"] = str(run)
     try:
-        say(f"floor: starting an embedded broker of its own on {cfg.kafka.bootstrap_servers} ({run})")
-        try:
-            pid = kafka_local.up(cfg)
-        except kafka_local.BrokerError as e:
-            kafka_local.down()   # only the PID file of our fresh folder: a broker up() just started
-            raise BenchError(f"could not start the floor's broker: {e}") from None
-        try:
+        with broker(cfg, run_dir=run):
             yield cfg, conf
-        finally:
-            if kafka_local.running_pid() == pid:
-                say(f"floor: stopping its broker (pid {pid})")
-                kafka_local.down()
     finally:
-        if old is None:
-            os.environ.pop("DOODLE_KAFKA_DIR", None)
-        else:
-            os.environ["DOODLE_KAFKA_DIR"] = old
         shutil.rmtree(run, ignore_errors=True)
 
 
@@ -185,9 +170,7 @@ def run_floor(cfg, topic: str, run_dir: Path, name: str, master: str | None) -> 
                     _master_flags(master))
     res = run_process(cmd, run_dir, name, timeout=RUN_TIMEOUT_S)
     shutil.rmtree(ckpt, ignore_errors=True)
-    if res.returncode != 0 or not out.exists():
-        raise BenchError(f"{name} failed (exit {res.returncode}); see {res.stderr}\n{res.tail()}")
-    d = json.loads(out.read_text())
+    d = res.output(name, out)
     return {"batches": d.get("batches"), "n_batches": len(d.get("batches") or []), "frames": d.get("frames"),
             "python_driver_cpu_s": d.get("python_driver_cpu_s"), "jvm_cpu_s": d.get("jvm_cpu_s"),
             "query_s": d.get("query_seconds"), "master": d.get("master"), "wall_s": res.wall_s,
@@ -218,9 +201,7 @@ def run_product(cfg, conf: Path, topic: str, run_dir: Path, name: str, master: s
                       env={"DOODLE_TIMINGS": "1"}, timeout=RUN_TIMEOUT_S)
     for d in (delta, ckpt):
         shutil.rmtree(d, ignore_errors=True)
-    if res.returncode != 0 or not metrics.exists():
-        raise BenchError(f"{name} failed (exit {res.returncode}); see {res.stderr}\n{res.tail()}")
-    m = json.loads(metrics.read_text())
+    m = res.output(name, metrics)
     batches, n = job_batches(m)
     return {"batches": batches, "n_batches": n, "frames": m.get("frames"),
             "python_driver_cpu_s": m.get("python_driver_cpu_s"), "jvm_cpu_s": m.get("jvm_cpu_s"),
@@ -259,7 +240,7 @@ def side_figures(runs: list[dict]) -> dict:
     jobs = [b["spark_jobs"] for r in have_list for b in warm_batches(r["batches"])
             if isinstance(b.get("spark_jobs"), (int, float))]
     out: dict = {"runs": len(ok), "wall": summary(walls) if walls else None,
-                 "spark_jobs": ({"n": len(jobs), "p50": _pct(jobs, 50), "max": max(jobs)} if jobs else None),
+                 "spark_jobs": ({"n": len(jobs), "p50": percentile(jobs, 50), "max": max(jobs)} if jobs else None),
                  "batches": {s: [r.get("n_batches") for r in ok if r["size"] == s] for s in ("half", "full")}}
     per_round: dict[str, list[float]] = {k: [] for k in CPU_KINDS}
     for k in sorted({r["round"] for r in ok}):
@@ -274,7 +255,8 @@ def side_figures(runs: list[dict]) -> dict:
             a, b = _cpu(h, kind), _cpu(f, kind)
             if a is not None and b is not None:
                 per_round[kind].append(round((b - a) / db, 4))
-    out["cpu_per_extra_batch"] = {k: {"p50": _pct(v, 50), "rounds": v} if v else None for k, v in per_round.items()}
+    out["cpu_per_extra_batch"] = {k: {"p50": percentile(v, 50), "rounds": v} if v else None
+                                  for k, v in per_round.items()}
     return out
 
 
@@ -311,17 +293,11 @@ def measure(frames: int = DEFAULT_FRAMES, rounds: int = DEFAULT_ROUNDS, master: 
     if frames < 4 or rounds < 1:
         raise BenchError("--frames must be >= 4 and --rounds >= 1")
     work = work or work_dir(smoke)
-    t_start = time.time()
-    started = time.strftime("%Y-%m-%d %H:%M:%S %Z")
-    load1 = os.getloadavg()
+    t_start, started, load1 = time.time(), time.strftime("%Y-%m-%d %H:%M:%S %Z"), os.getloadavg()
     work.mkdir(parents=True, exist_ok=True)
     full_path, half_path, truth = inputs(frames, work)
-    half_n = frames // 2
-    say(f"floor: {frames:,} frames with defects ({full_path.relative_to(REPO_ROOT)}), first {half_n:,} as "
+    say(f"floor: {frames:,} frames with defects ({full_path.relative_to(REPO_ROOT)}), first {frames // 2:,} as "
         f"the second input; {rounds} round(s)")
-    runs_dir = work / "runs"
-    shutil.rmtree(runs_dir, ignore_errors=True)
-    runs_dir.mkdir(parents=True)
     failures: list[str] = []
     runs: dict[str, list[dict]] = {"floor": [], "product": []}
     cluster_ctx = nullcontext(None)
@@ -329,35 +305,57 @@ def measure(frames: int = DEFAULT_FRAMES, rounds: int = DEFAULT_ROUNDS, master: 
         from tools import cluster_local
         cluster_ctx = cluster_local.running()
     with own_broker(kafka_port, work) as (cfg, conf), cluster_ctx as cl:
-        if cl is not None:
-            if master and master != cl.master_url:
-                raise BenchError(f"--master {master} and --cluster ({cl.master_url}) disagree")
-            master = cl.master_url
-        topics = {"half": f"floor-{half_n}", "full": f"floor-{frames}"}
-        for size, path, n in (("half", half_path, half_n), ("full", full_path, frames)):
-            say(f"floor: loading {n:,} frames into {topics[size]}")
-            load_topic(cfg, conf, path, topics[size], n, runs_dir)
-        for k in range(rounds):
-            for size in ("half", "full"):
-                for side, fn in (("floor", lambda t, d, nm: run_floor(cfg, t, d, nm, master)),
-                                 ("product", lambda t, d, nm: run_product(cfg, conf, t, d, nm, master))):
-                    name = f"{side}-{size}-r{k + 1}"
-                    say(f"floor: round {k + 1}/{rounds}: {side} on {topics[size]}")
-                    try:
-                        r = fn(topics[size], runs_dir, name)
-                    except BenchError as e:
-                        say(f"floor: {name} FAILED: {e}")
-                        failures.append(f"{name}: {str(e).splitlines()[0]}")
-                        r = {"error": str(e).splitlines()[0]}
-                    r.update({"name": name, "size": size, "round": k + 1, "topic": topics[size]})
-                    runs[side].append(r)
-                    if not r.get("error"):
-                        w = summary([b["seconds"] for b in warm_batches(r.get("batches"))
-                                     if isinstance(b.get("seconds"), (int, float))])
-                        say(f"floor: {name}: {r.get('n_batches')} batches, per-batch wall p50 "
-                            f"{_s(w['p50_s'], 3, ' s') if w['n'] else NA} (after warm-up), process wall "
-                            f"{r['wall_s']:.0f} s")
+        if cl is not None and master and master != cl.master_url:
+            raise BenchError(f"--master {master} and --cluster ({cl.master_url}) disagree")
+        master = cl.master_url if cl is not None else master
+        _rounds(cfg, conf, {"half": (half_path, frames // 2), "full": (full_path, frames)}, rounds, master,
+                fresh_dir(work / "runs"), runs, failures)
     floor, product = side_figures(runs["floor"]), side_figures(runs["product"])
+    eff_master = next((r.get("master") for r in runs["floor"] if r.get("master")), master)
+    local = str(eff_master or "").startswith("local")
+    return {
+        "kind": "floor", "date": time.strftime("%Y-%m-%d"), "started": started, "smoke": smoke,
+        "elapsed_s": round(time.time() - t_start, 1), "machine": machine_info(),
+        "load_avg_before": [round(x, 2) for x in load1], "load_avg_after": [round(x, 2) for x in os.getloadavg()],
+        "master": eff_master, "local_mode": local, "cluster_started": bool(cluster),
+        "frames": frames, "half_frames": frames // 2, "input": str(full_path.relative_to(REPO_ROOT)),
+        "defects": truth.get("defects"), "max_offsets_per_trigger": MAX_OFFSETS, "warmup_batches": WARMUP_BATCHES,
+        "rounds": rounds, "kafka": f"127.0.0.1:{kafka_port} (own broker, {PARTITIONS} partitions)",
+        "floor": floor, "product": product, "ratios": ratios(floor, product),
+        "notes": _notes(runs, product, smoke, local), "runs": runs, "failures": failures,
+    }
+
+
+def _rounds(cfg, conf: Path, inputs: dict, rounds: int, master: str | None, runs_dir: Path, runs: dict,
+            failures: list[str]) -> None:
+    """Load the two topics, then each round: floor and job on the half topic, then the full one."""
+    topics = {size: f"floor-{n}" for size, (_, n) in inputs.items()}
+    for size, (path, n) in inputs.items():
+        say(f"floor: loading {n:,} frames into {topics[size]}")
+        load_topic(cfg, conf, path, topics[size], n, runs_dir)
+    sides = {"floor": lambda t, nm: run_floor(cfg, t, runs_dir, nm, master),
+             "product": lambda t, nm: run_product(cfg, conf, t, runs_dir, nm, master)}
+    for k in range(rounds):
+        for size in inputs:
+            for side, fn in sides.items():
+                name = f"{side}-{size}-r{k + 1}"
+                say(f"floor: round {k + 1}/{rounds}: {side} on {topics[size]}")
+                try:
+                    r = fn(topics[size], name)
+                except BenchError as e:
+                    say(f"floor: {name} FAILED: {e}")
+                    failures.append(f"{name}: {str(e).splitlines()[0]}")
+                    r = {"error": str(e).splitlines()[0]}
+                r.update({"name": name, "size": size, "round": k + 1, "topic": topics[size]})
+                runs[side].append(r)
+                if not r.get("error"):
+                    w = summary([b["seconds"] for b in warm_batches(r.get("batches"))
+                                 if isinstance(b.get("seconds"), (int, float))])
+                    say(f"floor: {name}: {r.get('n_batches')} batches, per-batch wall p50 "
+                        f"{render.num(w['p50_s'], 3, ' s', NA)} (after warm-up), process wall {r['wall_s']:.0f} s")
+
+
+def _notes(runs: dict, product: dict, smoke: bool, local: bool) -> list[str]:
     notes = []
     if not any(r.get("batches") for r in runs["product"] if not r.get("error")):
         notes.append("the job's metrics file has no per-batch list (`batches`) yet: its per-batch figures are n/a")
@@ -365,30 +363,18 @@ def measure(frames: int = DEFAULT_FRAMES, rounds: int = DEFAULT_ROUNDS, master: 
         notes.append("the job's per-batch records carry no `spark_jobs` yet: jobs per batch n/a")
     if smoke:
         notes.append("smoke run: a few batches per run — the harness works, the figures mean nothing")
-    eff_master = next((r.get("master") for r in runs["floor"] if r.get("master")), master)
-    local = str(eff_master or "").startswith("local")
     if local:
         notes.append(LOCAL_NOTE)
-    return {
-        "kind": "floor", "date": time.strftime("%Y-%m-%d"), "started": started, "smoke": smoke,
-        "elapsed_s": round(time.time() - t_start, 1), "machine": machine_info(),
-        "load_avg_before": [round(x, 2) for x in load1], "load_avg_after": [round(x, 2) for x in os.getloadavg()],
-        "master": eff_master, "local_mode": local, "cluster_started": bool(cluster),
-        "frames": frames, "half_frames": half_n, "input": str(full_path.relative_to(REPO_ROOT)),
-        "defects": truth.get("defects"), "max_offsets_per_trigger": MAX_OFFSETS, "warmup_batches": WARMUP_BATCHES,
-        "rounds": rounds, "kafka": f"127.0.0.1:{kafka_port} (own broker, {PARTITIONS} partitions)",
-        "floor": floor, "product": product, "ratios": ratios(floor, product), "notes": notes,
-        "runs": runs, "failures": failures,
-    }
+    return notes
 
 
 # --------------------------------------------------------------------------- text
-def _s(x, nd: int = 2, unit: str = "") -> str:
-    return NA if x is None else f"{x:,.{nd}f}{unit}"
+def _s(x, nd: int = 2) -> str:
+    return render.num(x, nd, na=NA)
 
 
 def _x(x) -> str:
-    return NA if x is None else f"{x:.2f}×"
+    return render.times(x, na=NA)
 
 
 def table_rows(res: dict) -> list[tuple[str, str, str, str]]:
@@ -445,19 +431,17 @@ def markdown(res: dict, heading: bool = True) -> str:
                   f"- started {res['started']}, took {res['elapsed_s']:.0f}s; master `{res.get('master') or NA}`"
                   + (" (a local standalone cluster this run started)" if res.get("cluster_started") else ""), ""]
     d = res.get("defects") or {}
+    rv = _round_values(res)
     lines += [f"{res['frames']:,} generated frames with defects ("
               + ", ".join(f"{k} {v:,}" for k, v in d.items() if v) + f"; `{res['input']}`) and their first "
               f"{res['half_frames']:,}, in two topics of {PARTITIONS} partitions on the run's own broker; "
               f"`maxOffsetsPerTrigger` {res['max_offsets_per_trigger']:,}, availableNow; {res['rounds']} round(s) of "
               f"floor and job on both topics. Wall figures: every run, each without its first "
               f"{res['warmup_batches']} batches.", "",
-              "| per micro-batch | floor | job | job / floor |", "|---|---:|---:|---:|"]
-    lines += [f"| {a} | {b} | {c} | {x} |" for a, b, c, x in table_rows(res)]
-    rv = _round_values(res)
-    lines += ["", "- floor: `bench/floor_query.py` — Kafka source, `from_json` of ts/uid, `try_cast`, "
-                  "`minute = ts - ts % 60`, one `groupBy(minute).agg(count_distinct(uid)).collect()` per batch; wall = "
-                  "its foreachBatch function; Spark jobs = the new job ids of the query's job group "
-                  "(`statusTracker`).",
+              *render.table(["per micro-batch", "floor", "job", "job / floor"], table_rows(res), "lrrr"), "",
+              "- floor: `bench/floor_query.py` — Kafka source, `from_json` of ts/uid, `try_cast`, "
+              "`minute = ts - ts % 60`, one `groupBy(minute).agg(count_distinct(uid)).collect()` per batch; wall = "
+              "its foreachBatch function; Spark jobs = the new job ids of the query's job group (`statusTracker`).",
               "- job: `jobs/minute_stats.py --available-now --max-offsets-per-trigger 1000`, wall and Spark jobs "
               "= `batches[].seconds` / `.spark_jobs` of its `--metrics-file` (n/a where it has none).",
               "- CPU per extra batch = (CPU on the full topic − CPU on the half) / (batches − batches), p50 "
@@ -466,28 +450,13 @@ def markdown(res: dict, heading: bool = True) -> str:
               "Python driver: its `getrusage`; JVM: the spark-submit process (psutil); whole tree: the "
               "reaped children's rusage (adds the pyspark workers)."]
     lines += [f"- note: {n}" for n in res.get("notes") or []]
-    if res.get("failures"):
-        lines += [f"- FAILED: {x}" for x in res["failures"]]
+    lines += [f"- FAILED: {x}" for x in res.get("failures") or []]
     return "\n".join(lines) + "\n"
 
 
 def text_table(res: dict) -> str:
-    rows = table_rows(res)
-    w = max(len(a) for a, *_ in rows)
-    out = [f"{'per micro-batch':<{w}}  {'floor':>14}  {'job':>14}  {'job/floor':>9}"]
-    out += [f"{a:<{w}}  {b:>14}  {c:>14}  {x:>9}" for a, b, c, x in rows]
-    out += [f"note: {n}" for n in res.get("notes") or []]
-    return "\n".join(out)
-
-
-def write(res: dict, out_dir: Path) -> tuple[Path, Path]:
-    stem = f"floor-{res['date']}"
-    jp, mp = out_dir / f"{stem}.json", out_dir / f"{stem}.md"
-    write_json(jp, res)
-    tmp = mp.with_name(mp.name + ".tmp")
-    tmp.write_text(markdown(res))
-    os.replace(tmp, mp)
-    return jp, mp
+    return "\n".join(render.text_table(["per micro-batch", "floor", "job", "job/floor"], table_rows(res))
+                     + [f"note: {n}" for n in res.get("notes") or []])
 
 
 def main(argv=None) -> int:
@@ -515,10 +484,9 @@ def main(argv=None) -> int:
     def go() -> int:
         res = measure(frames, rounds, args.master, args.cluster, args.kafka_port, work=work_dir(args.smoke),
                       smoke=args.smoke)
-        jp, mp = write(res, out_dir)
+        paths = render.write(out_dir, f"floor-{res['date']}", res, markdown(res))
         print(text_table(res))
-        say("wrote " + ", ".join(str(p.relative_to(REPO_ROOT) if p.is_relative_to(REPO_ROOT) else p)
-                                 for p in (jp, mp)))
+        say("wrote " + ", ".join(rel(p) for p in paths.values()))
         if res["failures"]:
             say(f"{len(res['failures'])} run(s) failed: " + "; ".join(res["failures"]))
             return 1

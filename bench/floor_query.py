@@ -55,6 +55,22 @@ def parse_args(argv=None) -> argparse.Namespace:
     return ap.parse_args(argv)
 
 
+def minutes(spark, args):
+    """The stream: Kafka, ``from_json`` of ts/uid, ``minute = ts - ts % 60``."""
+    from pyspark.sql import functions as F
+    parsed = F.from_json(F.col("value").cast("string"), "ts STRING, uid STRING")
+    ts = F.expr("try_cast(j.ts AS BIGINT)")
+    return (spark.readStream.format("kafka")
+            .option("kafka.bootstrap.servers", args.bootstrap_servers)
+            .option("subscribe", args.topic)
+            .option("startingOffsets", "earliest")
+            .option("maxOffsetsPerTrigger", args.max_offsets_per_trigger)
+            .load()
+            .select(parsed.alias("j"))
+            .select(ts.alias("ts"), F.col("j.uid").alias("uid"))
+            .select((F.col("ts") - F.col("ts") % 60).alias("minute"), "uid"))
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     from pyspark.sql import SparkSession
@@ -86,18 +102,7 @@ def main(argv=None) -> int:
         (df.groupBy("minute").agg(F.count_distinct("uid").alias("users")).collect())
         batches.append({"batch_id": batch_id, "seconds": round(time.perf_counter() - t0, 4), "spark_jobs": 0})
 
-    parsed = F.from_json(F.col("value").cast("string"), "ts STRING, uid STRING")
-    ts = F.expr("try_cast(j.ts AS BIGINT)")
-    stream = (spark.readStream.format("kafka")
-              .option("kafka.bootstrap.servers", args.bootstrap_servers)
-              .option("subscribe", args.topic)
-              .option("startingOffsets", "earliest")
-              .option("maxOffsetsPerTrigger", args.max_offsets_per_trigger)
-              .load()
-              .select(parsed.alias("j"))
-              .select(ts.alias("ts"), F.col("j.uid").alias("uid"))
-              .select((F.col("ts") - F.col("ts") % 60).alias("minute"), "uid"))
-    query = (stream.writeStream.foreachBatch(per_batch)
+    query = (minutes(spark, args).writeStream.foreachBatch(per_batch)
              .option("checkpointLocation", args.checkpoint)
              .queryName("floor")
              .trigger(availableNow=True)

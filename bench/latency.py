@@ -14,7 +14,8 @@ and measure how late its minute results are.
    file are kept (~1,000 frames/s on average; the file is replayed in a loop if it is
    shorter than ``--duration``).
 3. Consume the output topic while it runs; stop the job with SIGTERM (it stops after
-   the current batch; SIGKILL of its process group only after 60 s); delete the topics.
+   the current batch; SIGKILL of its process tree only after 60 s); delete the topics.
+   Starting, watching and stopping the job is ``bench.livejob.LiveJob``'s.
 
 Definitions (all times are this machine's wall clock; the job stamps ``emitted_at``):
 
@@ -38,10 +39,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
-import shutil
-import signal
-import subprocess
 import sys
 import threading
 import time
@@ -53,10 +50,9 @@ try:
 except ImportError:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import REPO_ROOT, BenchError, RssSampler, delete_topics, kill_group, load_cfg, rel, say, spark_cmd
+from bench.common import REPO_ROOT, BenchError, RssSampler, delete_topics, drop_tables, load_cfg, rel, say, summary
+from bench.livejob import LiveJob, ResultReader
 
-FIRST_BATCH_TIMEOUT_S = 300
-STOP_TIMEOUT_S = 60
 WARMUP_S = 15          # provisional_warm ignores results emitted in the first 15 s of the replay
 
 
@@ -146,91 +142,7 @@ class Replayer:
         self.producer.flush(30)
 
 
-class ResultReader(threading.Thread):
-    """Consumes the output topic from the beginning, keeping (receive time, result)."""
-
-    def __init__(self, bootstrap: str, topic: str):
-        super().__init__(name="result-reader", daemon=True)
-        from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
-        self.consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "bench-latency",
-                                  "enable.auto.commit": False})
-        md = self.consumer.list_topics(topic, timeout=10).topics[topic]
-        self.consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in md.partitions])
-        self.results: list[tuple[float, dict]] = []
-        self.stop = threading.Event()
-
-    def run(self) -> None:
-        while not self.stop.is_set():
-            msg = self.consumer.poll(0.2)
-            if msg is None or msg.error() is not None:
-                continue
-            try:
-                self.results.append((time.time(), json.loads(msg.value())))
-            except ValueError:
-                pass
-        self.consumer.close()
-
-
-# --------------------------------------------------------------------------- job control
-def _driver_pid(root_pid: int) -> int | None:
-    """PID of the job's Python driver (the child of spark-submit's JVM running the job)."""
-    import psutil
-    try:
-        for p in psutil.Process(root_pid).children(recursive=True):
-            try:
-                cmd = p.cmdline()
-            except psutil.Error:
-                continue
-            if any(c.endswith("minute_stats.py") for c in cmd) and "python" in os.path.basename(cmd[0]):
-                return p.pid
-    except psutil.Error:
-        return None
-    return None
-
-
-def wait_first_batch(proc: subprocess.Popen, stderr: Path, timeout: float) -> float:
-    """Seconds until the job printed its first ``batch`` line (raises if it died)."""
-    t0 = time.monotonic()
-    while time.monotonic() - t0 < timeout:
-        if proc.poll() is not None:
-            tail = "\n".join(stderr.read_text(errors="replace").splitlines()[-15:])
-            raise BenchError(f"live job exited with {proc.returncode} before its first batch; see {stderr}\n{tail}")
-        try:
-            if any(line.startswith("batch ") for line in stderr.read_text(errors="replace").splitlines()):
-                return time.monotonic() - t0
-        except OSError:
-            pass
-        time.sleep(0.5)
-    raise BenchError(f"live job printed no batch line within {timeout:.0f}s; see {stderr}")
-
-
-def stop_job(proc: subprocess.Popen) -> str:
-    """SIGTERM the job's Python driver (or spark-submit); SIGKILL its group after 60 s."""
-    if proc.poll() is not None:
-        return f"already exited ({proc.returncode})"
-    pid = _driver_pid(proc.pid) or proc.pid
-    os.kill(pid, signal.SIGTERM)
-    try:
-        proc.wait(timeout=STOP_TIMEOUT_S)
-        return f"stopped by SIGTERM to pid {pid} (exit {proc.returncode})"
-    except subprocess.TimeoutExpired:
-        kill_group(proc)
-        return f"did not stop within {STOP_TIMEOUT_S}s of SIGTERM; process group killed"
-
-
 # --------------------------------------------------------------------------- statistics
-def _pct(values: list[float], q: float) -> float | None:
-    if not values:
-        return None
-    v = sorted(values)
-    return round(v[min(len(v) - 1, max(0, math.ceil(q / 100 * len(v)) - 1))], 3)
-
-
-def summary(values: list[float]) -> dict:
-    return {"n": len(values), "p50_s": _pct(values, 50), "p90_s": _pct(values, 90), "p99_s": _pct(values, 99),
-            "max_s": round(max(values), 3) if values else None}
-
-
 def _epoch(iso_ms: str) -> float:
     return datetime.fromisoformat(iso_ms.replace("Z", "+00:00")).timestamp()
 
@@ -276,64 +188,51 @@ def batch_times(stderr: Path) -> dict:
 def measure(input_path: Path, duration: float, work: Path, bootstrap: str | None = None,
             mode: str = "exact", trigger: float = 1.0, max_lines: int = 300_000) -> dict:
     """Run the whole live experiment; returns the result dict."""
-    from bench.common import read_lines
+    from bench.common import fresh_dir, read_lines
     from tools.kafka_local import ensure_topic
     cfg = load_cfg(bootstrap)
     stamp = time.strftime("%Y%m%d%H%M%S")
     topic, out_topic = f"bench-live-{stamp}", f"bench-live-out-{stamp}"
-    run_dir = work / "latency"
-    shutil.rmtree(run_dir, ignore_errors=True)
-    run_dir.mkdir(parents=True)
-    need = int(duration * 1000 * 1.1) + 1000
-    lines = read_lines(input_path, min(need, max_lines))
+    run_dir = fresh_dir(work / "latency")
+    lines = read_lines(input_path, min(int(duration * 1000 * 1.1) + 1000, max_lines))
     say(f"latency: {len(lines):,} frames from {input_path.name} to replay for {duration:.0f}s; "
         f"topics {topic} → {out_topic}")
     ensure_topic(cfg, topic, cfg.kafka.input_partitions)
     ensure_topic(cfg, out_topic, 1)
-    err = run_dir / "job.err"
-    args = ["--trigger", trigger, "--topic", topic, "--output-topic", out_topic, "--mode", mode,
-            "--delta-path", run_dir / "delta", "--checkpoint", run_dir / "checkpoint",
-            "--bootstrap-servers", cfg.kafka.bootstrap_servers]
+    job = LiveJob(["--trigger", trigger, "--topic", topic, "--output-topic", out_topic, "--mode", mode,
+                   "--delta-path", run_dir / "delta", "--checkpoint", run_dir / "checkpoint",
+                   "--bootstrap-servers", cfg.kafka.bootstrap_servers], run_dir)
     reader = ResultReader(cfg.kafka.bootstrap_servers, out_topic)
     reader.start()
-    proc = None
     try:
-        with open(run_dir / "job.out", "wb") as fo, open(err, "wb") as fe:
-            t_start = time.monotonic()
-            proc = subprocess.Popen(spark_cmd("jobs/minute_stats.py", list(map(str, args))), stdout=fo,
-                                    stderr=fe, stdin=subprocess.DEVNULL, cwd=REPO_ROOT,
-                                    env={**os.environ, "DOODLE_TIMINGS": "1"}, start_new_session=True)
-            with RssSampler(proc.pid) as rss:
-                ready_s = wait_first_batch(proc, err, FIRST_BATCH_TIMEOUT_S)
-                say(f"latency: job ready after {ready_s:.0f}s (first batch line); replaying")
-                rep = Replayer(cfg.kafka.bootstrap_servers, topic, lines)
-                t0 = math.ceil(time.time()) + 1
-                stop = threading.Event()
-                rep.run(t0, duration, stop)
-                say(f"latency: replayed {rep.frames:,} frames in {time.time() - t0:.0f}s "
-                    f"(max {rep.max_behind:.2f}s behind schedule); letting the job catch up")
-                time.sleep(min(15.0, 5 + 3 * trigger))
-                how = stop_job(proc)
-                say(f"latency: job {how}")
-        stopped = how
+        t_start = time.monotonic()
+        job.start()
+        with RssSampler(job.proc.pid) as rss:
+            ready_s = job.wait_ready()
+            say(f"latency: job ready after {ready_s:.0f}s (first batch line); replaying")
+            rep = Replayer(cfg.kafka.bootstrap_servers, topic, lines)
+            t0 = math.ceil(time.time()) + 1
+            rep.run(t0, duration, threading.Event())
+            say(f"latency: replayed {rep.frames:,} frames in {time.time() - t0:.0f}s "
+                f"(max {rep.max_behind:.2f}s behind schedule); letting the job catch up")
+            time.sleep(min(15.0, 5 + 3 * trigger))
+            stopped = job.stop()
+            say(f"latency: job {stopped}")
     finally:
-        if proc is not None and proc.poll() is None:
-            kill_group(proc)
-        reader.stop.set()
-        reader.join(10)
+        if job.alive():
+            job.kill()
+        reader.close()
         delete_topics(cfg, [topic, out_topic])
-        shutil.rmtree(run_dir / "delta", ignore_errors=True)
-        shutil.rmtree(run_dir / "checkpoint", ignore_errors=True)
+        drop_tables(run_dir)
     with open(run_dir / "results.jsonl", "w") as fh:   # raw material for later analysis
         for recv, r in reader.results:
             fh.write(json.dumps({"received": recv, **r}) + "\n")
-    lat = latencies(reader.results, rep.produced, t0 + WARMUP_S)
     res = {"duration_s": duration, "rate_per_s": round(rep.frames / duration, 1), "frames": rep.frames,
            "mode": mode, "trigger_s": trigger, "watermark_s": cfg.job.watermark_s,
            "job_ready_s": round(ready_s, 1), "replay_max_behind_s": round(rep.max_behind, 3),
            "producer_errors": rep.errors[:3], "job_stop": stopped, "peak_rss_mb": rss.peak_mb,
-           "job_wall_s": round(time.monotonic() - t_start, 1), "batch_seconds": batch_times(err),
-           **lat, "job_stderr": rel(err)}
+           "job_wall_s": round(time.monotonic() - t_start, 1), "batch_seconds": batch_times(job.err),
+           **latencies(reader.results, rep.produced, t0 + WARMUP_S), "job_stderr": rel(job.err)}
     p, f = res["provisional"], res["final"]
     say(f"latency: provisional p50 {p['p50_s']}s p99 {p['p99_s']}s (n={p['n']}); "
         f"final p50 {f['p50_s']}s p99 {f['p99_s']}s (n={f['n']})")
@@ -351,18 +250,17 @@ def main(argv=None) -> int:
     ap.add_argument("--work", default=str(REPO_ROOT / "bench" / ".work" / "runs"), help="scratch directory")
     ap.add_argument("--out", help="write the results as JSON here")
     args = ap.parse_args(argv)
-    from bench.common import require_broker
-    require_broker(load_cfg(args.bootstrap_servers), "latency")
-    try:
-        res = measure(Path(args.input), args.duration, Path(args.work), args.bootstrap_servers,
-                      args.mode, args.trigger)
-    except BenchError as e:
-        print(f"latency: error: {e}", file=sys.stderr)
-        return 1
-    print(json.dumps(res, indent=1))
-    if args.out:
-        Path(args.out).write_text(json.dumps(res, indent=1))
-    return 0
+    from bench.common import broker, guarded, write_json
+
+    def go() -> int:
+        with broker(load_cfg(args.bootstrap_servers), may_start=False):
+            res = measure(Path(args.input), args.duration, Path(args.work), args.bootstrap_servers, args.mode,
+                          args.trigger)
+        print(json.dumps(res, indent=1))
+        if args.out:
+            write_json(Path(args.out), res)
+        return 0
+    return guarded("latency", go)
 
 
 if __name__ == "__main__":

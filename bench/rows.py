@@ -30,10 +30,7 @@ garbage         :func:`run_garbage`: N lines of ~2 KB that are not JSON, the job
 
 from __future__ import annotations
 
-import json
-import os
 import re
-import shutil
 from collections import defaultdict
 from pathlib import Path
 
@@ -42,15 +39,19 @@ from bench.common import (
     Frames,
     ProcResult,
     delete_topics,
+    drop_tables,
     event_log_flags,
+    fresh_dir,
     load_cfg,
     produce,
     python,
+    read_truth,
     rel,
     run_process,
     say,
     spark_cmd,
     topic_messages,
+    with_load,
 )
 
 ROWS = ("read_ceiling", "old_consumer", "naive_spark", "job_exact", "job_approx")
@@ -58,12 +59,6 @@ JOB_ROWS = {"naive_spark": ("exact", "spark"), "job_exact": ("exact", None), "jo
 TIMEOUT_S = 3600
 _STEPS = re.compile(r"^\s*steps: (.*)$")
 _BATCH = re.compile(r"^batch (\d+): ([\d,]+) frames .* in ([\d.]+)s")
-
-
-def _metrics(path: Path, res: ProcResult, name: str) -> dict:
-    if res.returncode != 0 or not path.exists():
-        raise BenchError(f"{name} failed (exit {res.returncode}); see {res.stderr}\n{res.tail()}")
-    return json.loads(path.read_text())
 
 
 def step_timings(stderr: Path) -> dict:
@@ -148,7 +143,7 @@ def job_cost(m: dict, ev: dict | None, res: ProcResult) -> dict:
 
 def run_read_ceiling(topic: str, work: Path, profile: bool = True, repeat: int = 1) -> dict:
     """Spark reads the whole topic and counts rows and bytes; no parsing."""
-    run_dir = _fresh(work / "read_ceiling")
+    run_dir = fresh_dir(work / "read_ceiling")
     flags, env = _profile(run_dir, profile)
     metrics = run_dir / "metrics.json"
     # the job's own source options (Spark tasks per batch), so the ceiling is the same read
@@ -156,7 +151,7 @@ def run_read_ceiling(topic: str, work: Path, profile: bool = True, repeat: int =
     cmd = spark_cmd("bench/read_ceiling.py", ["--topic", topic, "--metrics-file", metrics, "--repeat", repeat,
                                               "--option", f"minPartitions={min_partitions}"], flags)
     res = run_process(cmd, run_dir, "read_ceiling", env=env, timeout=TIMEOUT_S)
-    m = _metrics(metrics, res, "read_ceiling")
+    m = res.output("read_ceiling", metrics)
     row = {"name": "read_ceiling", "frames": m["frames"], "query_s": m["query_seconds"],
            "frames_per_s": round(m["frames"] / m["query_seconds"], 1), "wall_s": res.wall_s,
            "peak_rss_mb": res.peak_rss_mb, "bytes_per_frame": round(m["bytes"] / max(m["frames"], 1), 1),
@@ -171,11 +166,11 @@ def run_read_ceiling(topic: str, work: Path, profile: bool = True, repeat: int =
 
 def run_old_consumer(topic: str, work: Path) -> dict:
     """The replaced job: one Python process, confluent-kafka + orjson."""
-    run_dir = _fresh(work / "old_consumer")
+    run_dir = fresh_dir(work / "old_consumer")
     metrics = run_dir / "metrics.json"
     res = run_process([python(), "-m", "bench.old_consumer", "--topic", topic, "--metrics-file", metrics],
                       run_dir, "old_consumer", timeout=TIMEOUT_S)
-    m = _metrics(metrics, res, "old_consumer")
+    m = res.output("old_consumer", metrics)
     return {"name": "old_consumer", "frames": m["frames"], "query_s": m["seconds"],
             "frames_per_s": round(m["frames"] / m["seconds"], 1), "wall_s": res.wall_s,
             "peak_rss_mb": res.peak_rss_mb, "late_dropped": m["late"], "bad": m["bad"],
@@ -197,7 +192,7 @@ def run_job(name: str, topic: str, work: Path, output_topic: str = "bench-out",
         mode, parser = JOB_ROWS[name]
     run_dir = run_dir or work / name
     if fresh:
-        _fresh(run_dir)
+        fresh_dir(run_dir)
     sfx = f"-{tag}" if tag else ""
     eventlog = f"eventlog{sfx}"
     flags, env = _profile(run_dir, profile, eventlog)
@@ -213,7 +208,7 @@ def run_job(name: str, topic: str, work: Path, output_topic: str = "bench-out",
     if not check and (res.returncode != 0 or not metrics.exists()):
         return {"name": name, "finished": False, "exit": res.returncode, "wall_s": res.wall_s,
                 "peak_rss_mb": res.peak_rss_mb, "error": res.tail(8), "stderr": rel(res.stderr)}
-    m = _metrics(metrics, res, name)
+    m = res.output(name, metrics)
     frames, q = m["frames"], m["query_seconds"]
     row = {"name": name, "topic": topic, "frames": frames, "query_s": q, "frames_per_s": round(frames / q, 1),
            "wall_s": res.wall_s, "peak_rss_mb": res.peak_rss_mb, "mode": m.get("mode", mode),
@@ -229,8 +224,7 @@ def run_job(name: str, topic: str, work: Path, output_topic: str = "bench-out",
     row["cost"] = job_cost(m, ev, res)
     if not keep_tables:
         # the Delta tables of a 1M run are not needed afterwards; keep logs and metrics
-        shutil.rmtree(run_dir / "delta", ignore_errors=True)
-        shutil.rmtree(run_dir / "checkpoint", ignore_errors=True)
+        drop_tables(run_dir)
     return row
 
 
@@ -247,9 +241,7 @@ def run_backlog(topic: str, frames: int, work: Path, profile: bool = True) -> di
     """job_exact on a larger topic: several micro-batches in one run, so the per-batch cost
     and (against job_exact's single batch) the marginal cost of more frames show."""
     say(f"backlog: job_exact on {topic} ({frames:,} frames)")
-    load_before = os.getloadavg()[0]
-    row = run_job("backlog", topic, work, profile=profile, mode="exact")
-    row["load1_before"], row["load1_after"] = round(load_before, 2), round(os.getloadavg()[0], 2)
+    row = with_load(lambda: run_job("backlog", topic, work, profile=profile, mode="exact"))
     say(f"backlog: {row['frames']:,} frames in {row['batches']} batches, {row['frames_per_s']:,.0f} frames/s "
         f"(query {row['query_s']:.1f}s, wall {row['wall_s']:.1f}s, peak RSS {row['peak_rss_mb']:,.0f} MB)")
     return row
@@ -262,6 +254,19 @@ def _poison_summary(row: dict) -> str:
             f"wall {row['wall_s']:.1f}s), peak RSS {row['peak_rss_mb']:,.0f} MB")
 
 
+def _quarantine_verdict(row: dict, run_dir: Path, expected: dict[str, int], exact: bool) -> None:
+    """The quarantine of a poison row against ``expected`` rows per reason (``exact``: no other
+    reason either)."""
+    row["quarantine_expected"] = expected
+    row["quarantine_ok"] = False
+    if row.get("finished"):
+        got = row["quarantine"] = quarantine_reasons(run_dir / "delta")
+        row["quarantine_ok"] = got == expected if exact else all(got.get(k, 0) == v for k, v in expected.items())
+    want = ", ".join(f"{k} = {v:,}" for k, v in expected.items())
+    say(f"{row['name']}: {_poison_summary(row)}; quarantine {row.get('quarantine')} "
+        f"({'as expected' if row['quarantine_ok'] else 'NOT as expected'}: {want})")
+
+
 def run_replay(cfg, frames: Frames, work: Path, profile: bool = True, key: str = "uid") -> dict:
     """A producer re-sends history: the input into a fresh topic, the job once with
     ``--available-now`` (every minute final at its end), the same frames again, the job
@@ -272,7 +277,7 @@ def run_replay(cfg, frames: Frames, work: Path, profile: bool = True, key: str =
     from tools.kafka_local import ensure_topic
     from tools.loader import load
     topic = f"bench-replay-{frames.count}"
-    run_dir = _fresh(work / "replay")
+    run_dir = fresh_dir(work / "replay")
     delete_topics(cfg, [topic])
     try:
         ensure_topic(cfg, topic, cfg.kafka.input_partitions)
@@ -284,36 +289,18 @@ def run_replay(cfg, frames: Frames, work: Path, profile: bool = True, key: str =
         load(str(frames.path), cfg.kafka.bootstrap_servers, topic, key=key, progress=False)
         if topic_messages(cfg, topic) != 2 * frames.count:
             raise BenchError(f"{topic} does not hold {2 * frames.count:,} messages after the second load")
-        load_before = os.getloadavg()[0]
-        row = run_job("replay", topic, work, profile=profile, mode="exact", run_dir=run_dir, fresh=False,
-                      keep_tables=True, tag="again", check=False)
-        row["load1_before"], row["load1_after"] = round(load_before, 2), round(os.getloadavg()[0], 2)
+        row = with_load(lambda: run_job("replay", topic, work, profile=profile, mode="exact", run_dir=run_dir,
+                                        fresh=False, keep_tables=True, tag="again", check=False))
         row["first_run"] = {k: first.get(k) for k in ("frames", "counted", "query_s", "wall_s", "frames_per_s",
                                                        "peak_rss_mb", "quarantined")}
         # every valid frame is late the second time (the truth file's count; else what the first run counted)
-        truth = _truth(frames)
+        truth = read_truth(frames.truth)
         expected = truth["valid_frames"] if truth else (first.get("counted") or 0)
-        row["quarantine_expected"] = {"late": expected}
-        if row.get("finished"):
-            got = quarantine_reasons(run_dir / "delta")
-            row["quarantine"] = got
-            row["quarantine_ok"] = got.get("late", 0) == expected
-        else:
-            row["quarantine_ok"] = False
-        say(f"replay: {_poison_summary(row)}; quarantine {row.get('quarantine')} "
-            f"({'as expected' if row['quarantine_ok'] else 'NOT as expected'}: late = {expected:,})")
+        _quarantine_verdict(row, run_dir, {"late": expected}, exact=False)
         return row
     finally:
         delete_topics(cfg, [topic])
-        shutil.rmtree(run_dir / "delta", ignore_errors=True)
-        shutil.rmtree(run_dir / "checkpoint", ignore_errors=True)
-
-
-def _truth(frames: Frames) -> dict | None:
-    try:
-        return json.loads(frames.truth.read_text()) if frames.truth else None
-    except (OSError, ValueError):
-        return None
+        drop_tables(run_dir)
 
 
 GARBAGE_BYTES = 2048
@@ -337,54 +324,34 @@ def run_garbage(cfg, n: int, work: Path, profile: bool = True) -> dict:
     """A topic of ``n`` garbage lines (~2 KB, not JSON), the job once: every line must end
     in the quarantine as ``malformed_json``. The topic is deleted afterwards."""
     topic = f"bench-garbage-{n}"
-    run_dir = _fresh(work / "garbage")
+    run_dir = fresh_dir(work / "garbage")
     delete_topics(cfg, [topic])
     try:
         say(f"garbage: producing {n:,} lines of {GARBAGE_BYTES:,} B into {topic}")
         sent = produce(cfg, topic, garbage_lines(n))
         if sent != n or topic_messages(cfg, topic) != n:
             raise BenchError(f"{topic} does not hold {n:,} messages")
-        load_before = os.getloadavg()[0]
-        row = run_job("garbage", topic, work, profile=profile, mode="exact", run_dir=run_dir, fresh=False,
-                      keep_tables=True, check=False)
-        row["load1_before"], row["load1_after"] = round(load_before, 2), round(os.getloadavg()[0], 2)
+        row = with_load(lambda: run_job("garbage", topic, work, profile=profile, mode="exact", run_dir=run_dir,
+                                        fresh=False, keep_tables=True, check=False))
         row["garbage_lines"], row["line_bytes"] = n, GARBAGE_BYTES
-        row["quarantine_expected"] = {"malformed_json": n}
-        if row.get("finished"):
-            got = quarantine_reasons(run_dir / "delta")
-            row["quarantine"] = got
-            row["quarantine_ok"] = got == {"malformed_json": n}
-        else:
-            row["quarantine_ok"] = False
-        say(f"garbage: {_poison_summary(row)}; quarantine {row.get('quarantine')} "
-            f"({'as expected' if row['quarantine_ok'] else 'NOT as expected'}: malformed_json = {n:,})")
+        _quarantine_verdict(row, run_dir, {"malformed_json": n}, exact=True)
         return row
     finally:
         delete_topics(cfg, [topic])
-        shutil.rmtree(run_dir / "delta", ignore_errors=True)
-        shutil.rmtree(run_dir / "checkpoint", ignore_errors=True)
-
-
-def _fresh(d: Path) -> Path:
-    shutil.rmtree(d, ignore_errors=True)
-    d.mkdir(parents=True)
-    return d
+        drop_tables(run_dir)
 
 
 def run_row(name: str, topic: str, work: Path, profile: bool = True, repeat_ceiling: int = 1) -> dict:
     """Run one row by name (see :data:`ROWS`)."""
     say(f"{name}: running on {topic}")
-    load_before = os.getloadavg()[0]
     if name == "read_ceiling":
-        row = run_read_ceiling(topic, work, profile, repeat_ceiling)
+        row = with_load(lambda: run_read_ceiling(topic, work, profile, repeat_ceiling))
     elif name == "old_consumer":
-        row = run_old_consumer(topic, work)
+        row = with_load(lambda: run_old_consumer(topic, work))
     elif name in JOB_ROWS:
-        row = run_job(name, topic, work, profile=profile)
+        row = with_load(lambda: run_job(name, topic, work, profile=profile))
     else:
         raise BenchError(f"unknown row {name!r} (known: {', '.join(ROWS)})")
-    # the 1-minute load average before/after: other work on the machine skews a row
-    row["load1_before"], row["load1_after"] = round(load_before, 2), round(os.getloadavg()[0], 2)
     say(f"{name}: {row['frames']:,} frames, {row['frames_per_s']:,.0f} frames/s "
         f"(query {row['query_s']:.1f}s, wall {row['wall_s']:.1f}s, peak RSS {row['peak_rss_mb']:,.0f} MB)")
     return row

@@ -10,7 +10,7 @@ time, latency, exactness.
    average, so the data's time runs at the loader's pace — users 100k, seed 5,
    ``start_ts`` = now, no defects, with the generator's truth; in ``bench/.work/``
    (deleted after the run unless ``--keep``).
-2. A fresh topic, Delta root and checkpoint (``bench.chaos.RunSpace``); the job live
+2. A fresh topic, Delta root and checkpoint (``bench.livejob.RunSpace``); the job live
    (1 s trigger, with its warm-up); once it printed its first batch line,
    ``python -m tools.loader FILE --rate R`` (subprocess) produces the file, evenly paced.
 3. While it runs: every 0.5 s the topic's end offsets (the production timeline); every
@@ -69,31 +69,36 @@ try:
 except ImportError:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.chaos import (
+from bench import render
+from bench.chaos import check, verdict
+from bench.common import (
+    GEN_PARAMS,
+    RESULTS_DIR,
     WORK_DIR,
+    percentile,
+    process_tree,
+    rel,
+    say,
+    summary,
+)
+from bench.latency import WARMUP_S, _epoch, batch_times, latencies
+from bench.livejob import (
+    FACTS,
     LiveJob,
     LoadAverage,
     Loader,
     Periodic,
+    ResultReader,
     RunSpace,
-    _check,
-    checks_markdown,
-    code_during,
-    code_line,
-    code_state,
     committed_offsets,
     common_args,
     conf_for,
-    job_tree,
-    own_broker,
+    process_class,
     recorded,
-    rel,
+    report_main,
     spark_flags,
     stop_all,
-    write_report,
 )
-from bench.common import GEN_PARAMS, RESULTS_DIR, BenchError, fmt_int, machine_info, say
-from bench.latency import WARMUP_S, ResultReader, _epoch, _pct, batch_times, latencies, summary
 
 RATE, DURATION, SEED = 5000.0, 1200.0, 5
 FLAT_MB_PER_MIN = 5.0
@@ -172,29 +177,14 @@ def minute_positions(truth: dict) -> dict[int, tuple[int, int]]:
     return out
 
 
-def classify(proc) -> str | None:
-    """The class of one process of the job's tree (None: the spark-submit.sh shell)."""
-    import psutil
-    try:
-        cmd = proc.cmdline()
-    except psutil.Error:
-        return None
-    exe = os.path.basename(cmd[0]) if cmd else ""
-    if exe == "java":
-        return "driver JVM"
-    if exe.startswith("python"):
-        return "python driver" if any(c.endswith("minute_stats.py") for c in cmd) else "python workers"
-    return None
-
-
 def tree_rss(pid: int) -> tuple[dict[str, float], dict[str, int], int | None]:
     """RSS in MB and process count per class, and the JVM's PID."""
     import psutil
     rss = dict.fromkeys(CLASSES, 0.0)
     count = dict.fromkeys(CLASSES, 0)
     jvm = None
-    tree = job_tree(pid)
-    classes = {p.pid: classify(p) for p in tree}
+    tree = process_tree(pid)
+    classes = {p.pid: process_class(p) for p in tree}
     for p in tree:
         cls = classes[p.pid]
         try:   # a JVM's child that is a JVM too is a fork about to exec (Hadoop's shell calls):
@@ -373,49 +363,33 @@ def run(conf: Path, rate: float, duration: float, users: int, seed: int, keep: b
     ``conf``'s address. Returns the result dict with ``checks`` and ``ok``."""
     rs = RunSpace.new(conf, "soak", WORK_DIR / "soak")
     inp, truth = soak_frames(rate, duration, users, seed, rs.run_dir)
-    frames = truth["frames"]
-    job = LiveJob(rs.args, rs.logs, spark_flags, {"DOODLE_TIMINGS": "1"})
+    job = LiveJob(rs.args, rs.logs, spark_flags)
     reader = ResultReader(rs.cfg.kafka.bootstrap_servers, rs.out_topic)
     reader.start()
-    sampler, loader, errors, facts = None, None, [], {}
+    live: dict = {"sampler": None, "loader": None}
+    errors: list[str] = []
+    facts: dict = dict.fromkeys(FACTS)
     t_wall0 = time.monotonic()
 
     def cleanup() -> None:
-        if sampler is not None:
-            sampler.close()
-        stop_all(loader, job)
-        reader.stop.set()
-        reader.join(10)
+        if live["sampler"] is not None:
+            live["sampler"].close()
+        stop_all(live["loader"], job)
+        reader.close()
 
     with LoadAverage() as load:
         with recorded("soak", errors, cleanup):
-            job.start()
-            facts["job_ready_s"] = round(job.wait_ready(), 1)
-            sampler = Sampler(rs, job, heap_every=heap_every)
-            sampler.thread.start()
-            say(f"soak: job ready after {facts['job_ready_s']:.0f}s; loading {frames:,} frames at {rate:g}/s")
-            facts["load_start"] = time.time()
-            facts["event_minus_wall_s"] = round(truth["ts_min"] - facts["load_start"], 1)
-            sampler.histogram_at = facts["load_start"] + duration / 4
-            loader = Loader(inp, rs.topic, conf, rate, rs.logs / "loader.err")
-            facts["load_s"] = round(loader.wait(), 1)
-            sampler.histogram_at = None
-            sampler.histogram()
-            facts["load_end"] = facts["load_start"] + facts["load_s"]
-            facts["rate_achieved"] = round(frames / facts["load_s"], 1)
-            say(f"soak: loaded in {facts['load_s']:.0f}s ({facts['rate_achieved']:,.0f}/s); draining")
+            _load(rs, job, live, inp, truth, rate, duration, heap_every, facts)
             facts.update(rs.finish(job, spark_flags))
-        _, checks = rs.verdict(truth, errors)
-    res = {"kind": "soak", "date": time.strftime("%Y-%m-%d %H:%M:%S"), "frames": frames, "rate_target": rate,
-           "duration_target_s": duration, "users": users, "seed": seed, "topic": rs.topic,
-           "spark_flags": list(spark_flags or []),
-           **{k: None for k in ("job_ready_s", "load_s", "rate_achieved", "drain_s", "job_stop", "final_pass_s")},
-           **facts, "errors": errors,
+        _, checks = verdict(rs, truth, errors)
+    res = {"kind": "soak", "date": time.strftime("%Y-%m-%d %H:%M:%S"), "frames": truth["frames"],
+           "rate_target": rate, "duration_target_s": duration, "users": users, "seed": seed, "topic": rs.topic,
+           "spark_flags": list(spark_flags or []), **facts, "errors": errors,
            "truth": {"minutes": len(truth["minutes"]), "valid_frames": truth["valid_frames"]},
            "load_average": load.summary(), "wall_s": round(time.monotonic() - t_wall0, 1),
            "batch_seconds": batch_times(rs.logs / "job-1.err"), "run_dir": rel(rs.run_dir)}
-    if sampler is not None and facts.get("load_end"):
-        res.update(measurements(sampler, reader.results, truth, facts))
+    if live["sampler"] is not None and facts.get("load_end"):
+        res.update(measurements(live["sampler"], reader.results, truth, facts))
         checks.update(soak_checks(res, rate, duration))
     res["checks"] = checks
     res["ok"] = all(x["ok"] for x in checks.values())
@@ -423,6 +397,26 @@ def run(conf: Path, rate: float, duration: float, users: int, seed: int, keep: b
     if not keep:
         inp.unlink(missing_ok=True)
     return res
+
+
+def _load(rs: RunSpace, job: LiveJob, live: dict, inp: Path, truth: dict, rate: float, duration: float,
+          heap_every: float, facts: dict) -> None:
+    """Start the job, then the sampler and the loader; wait for the end of the load."""
+    job.start()
+    facts["job_ready_s"] = round(job.wait_ready(), 1)
+    sampler = live["sampler"] = Sampler(rs, job, heap_every=heap_every)
+    sampler.thread.start()
+    say(f"soak: job ready after {facts['job_ready_s']:.0f}s; loading {truth['frames']:,} frames at {rate:g}/s")
+    facts["load_start"] = time.time()
+    facts["event_minus_wall_s"] = round(truth["ts_min"] - facts["load_start"], 1)
+    sampler.histogram_at = facts["load_start"] + duration / 4
+    live["loader"] = Loader(inp, rs.topic, rs.conf, rate, rs.logs / "loader.err")
+    facts["load_s"] = round(live["loader"].wait(), 1)
+    sampler.histogram_at = None
+    sampler.histogram()
+    facts["load_end"] = facts["load_start"] + facts["load_s"]
+    facts["rate_achieved"] = round(truth["frames"] / facts["load_s"], 1)
+    say(f"soak: loaded in {facts['load_s']:.0f}s ({facts['rate_achieved']:,.0f}/s); draining")
 
 
 def measurements(sampler: Sampler, results: list, truth: dict, facts: dict) -> dict:
@@ -451,9 +445,9 @@ def measurements(sampler: Sampler, results: list, truth: dict, facts: dict) -> d
     first, last = tl.reach(n1), tl.reach(n99)
     return {
         "rate_produced": round((n99 - n1) / (last - first), 1) if first and last and last > first else None,
-        "lag": {"samples": len(during), "frames_max": max(lf, default=None), "frames_p99": _pct(lf, 99),
-                "frames_p50": _pct(lf, 50), "seconds_max": max(ls, default=None), "seconds_p99": _pct(ls, 99),
-                "seconds_p50": _pct(ls, 50)},
+        "lag": {"samples": len(during), "frames_max": max(lf, default=None), "frames_p99": percentile(lf, 99),
+                "frames_p50": percentile(lf, 50), "seconds_max": max(ls, default=None),
+                "seconds_p99": percentile(ls, 99), "seconds_p50": percentile(ls, 50)},
         "rate_min_10s": round(min(windows), 1) if windows else None,
         "steady_from_s": round(steady - t0, 1),
         "memory": memory(sampler.samples, t0, t1, steady), "flat_criterion_mb_per_min": FLAT_MB_PER_MIN,
@@ -473,18 +467,20 @@ def soak_checks(res: dict, rate: float, duration: float) -> dict:
     flat = {c: mem[c]["slope_steady_mb_per_min"] for c in (*CLASSES, "total")}
     ls = res.get("live_structure") or {}
     return {
-        f"loader held >= {RATE_FLOOR:.0%} of {rate:,.0f} frames/s": _check(
+        f"loader held >= {RATE_FLOOR:.0%} of {rate:,.0f} frames/s": check(
             (res["rate_produced"] or 0) >= RATE_FLOOR * rate,
-            f"{fmt_int(res['rate_produced'])} frames/s from the 1st to the 99th percentile frame (loader process "
-            f"{fmt_int(res['rate_achieved'])}/s incl. its start), slowest 10 s {fmt_int(res['rate_min_10s'])}/s"),
-        f"load lasted >= {duration:.0f} s": _check((res["load_s"] or 0) >= duration * 0.99, f"{res['load_s']} s"),
-        **session_check(res.get("jvm_live_heap") or []),
+            f"{render.fmt_int(res['rate_produced'])} frames/s from the 1st to the 99th percentile frame (loader "
+            f"process "
+            f"{render.fmt_int(res['rate_achieved'])}/s incl. its start), slowest 10 s "
+            f"{render.fmt_int(res['rate_min_10s'])}/s"),
+        f"load lasted >= {duration:.0f} s": check((res["load_s"] or 0) >= duration * 0.99, f"{res['load_s']} s"),
+        **sessioncheck(res.get("jvm_live_heap") or []),
         f"memory flat (RSS slope from t = {res['steady_from_s']:.0f} s, the heap at its size, <= "
-        f"{FLAT_MB_PER_MIN:g} MB/min per class)": _check(
+        f"{FLAT_MB_PER_MIN:g} MB/min per class)": check(
             all(v is not None and v <= FLAT_MB_PER_MIN for v in flat.values()),
             ", ".join(f"{c} {v} MB/min" for c, v in flat.items())),
         **({f"live set flat (live heap without byte[]/long[] buffers, slope from t = {res['steady_from_s']:.0f} s "
-            f"<= {LIVE_FLAT_MB_PER_MIN:g} MB/min)": _check(
+            f"<= {LIVE_FLAT_MB_PER_MIN:g} MB/min)": check(
                 ls["slope_mb_per_min"] <= LIVE_FLAT_MB_PER_MIN,
                 f"{ls['slope_mb_per_min']} MB/min over {ls['samples']} samples "
                 f"({' → '.join(f'{v:,.0f}' for v in ls['mb'])} MB)")}
@@ -509,117 +505,101 @@ def live_structure(hist: list[dict], t0: float, steady: float) -> dict:
             "slope_mb_per_min": slope_mb_per_min(pts)}
 
 
-def session_check(hist: list[dict]) -> dict:
+def sessioncheck(hist: list[dict]) -> dict:
     """SparkSessions do not pile up: the live count at the end of the load is within
     ``SESSION_SLACK`` of the first sample (each micro-batch clones one; Spark 4.0.1 never
     freed them, ~70 KB each — SPARK-54753). No check with fewer than two samples."""
     counts = [h["watch"][SESSION_CLASS] for h in hist if SESSION_CLASS in h.get("watch", {})]
     if len(counts) < 2:
         return {}
-    return {f"SparkSessions do not pile up (end <= first + {SESSION_SLACK})": _check(
+    return {f"SparkSessions do not pile up (end <= first + {SESSION_SLACK})": check(
         counts[-1] <= counts[0] + SESSION_SLACK, f"live SparkSession instances {' → '.join(map(str, counts))}")}
 
 
 # --------------------------------------------------------------------------- report
-def _or_dash(x) -> str:
-    return "–" if x is None else str(x)
-
-
 def markdown(res: dict) -> str:
-    m, la = res["machine"], res["load_average"]
-    lines = [f"# Soak run {res['date']}", "",
-             f"{m['cores']} cores ({m['cpu_model']}), {m['memory_gb']} GB; load average at start "
-             f"{', '.join(map(str, m['load_avg_at_start']))}, during the run (1 min, every 5 s) "
-             f"min {la['load1_min']} / mean {la['load1_mean']} / max {la['load1_max']}. "
-             f"{code_line(res.get('code'))}", "",
-             f"**{'PASS' if res['ok'] else 'FAIL'}** — {res['frames']:,} fresh frames (event time from "
+    n = render.fmt_int
+    lines = [f"# Soak run {res['date']}", "", render.live_run_line(res), "",
+             f"**{render.verdict(res['ok'])}** — {res['frames']:,} fresh frames (event time from "
              f"{res.get('event_minus_wall_s')} s off the wall clock at the load's start) produced by the loader at "
-             f"{fmt_int(res.get('rate_produced'))} frames/s (target {res['rate_target']:,.0f}; slowest 10 s "
-             f"{fmt_int(res.get('rate_min_10s'))}/s) for {res['load_s']} s into `{res['topic']}`, the job live "
-             f"(ready after {res['job_ready_s']} s); drained {_or_dash(res['drain_s'])} s after the load, final pass "
-             f"{_or_dash(res['final_pass_s'])} s. Wall time {res['wall_s']:.0f} s."
-             + (" Errors: " + "; ".join(e.splitlines()[0] for e in res["errors"]) if res["errors"] else "")]
+             f"{n(res.get('rate_produced'))} frames/s (target {res['rate_target']:,.0f}; slowest 10 s "
+             f"{n(res.get('rate_min_10s'))}/s) for {res['load_s']} s into `{res['topic']}`, the job live "
+             f"(ready after {res['job_ready_s']} s); drained {render.or_dash(res['drain_s'])} s after the load, "
+             f"final pass {render.or_dash(res['final_pass_s'])} s. Wall time {res['wall_s']:.0f} s."
+             + render.errors_sentence(res["errors"])]
     if res.get("lag"):
-        lag, lat, b = res["lag"], res["latency"], res["batch_seconds"]
-        lines += ["", "| consumer lag during the load | p50 | p99 | max |", "|---|---:|---:|---:|",
-                  f"| frames | {fmt_int(lag['frames_p50'])} | {fmt_int(lag['frames_p99'])} "
-                  f"| {fmt_int(lag['frames_max'])} |",
-                  f"| seconds | {lag['seconds_p50']} | {lag['seconds_p99']} | {lag['seconds_max']} |", "",
-                  "| latency | n | p50 s | p99 s | max s |", "|---|---:|---:|---:|---:|"]
-        for name in ("provisional", "provisional_warm", "final"):
-            x = lat[name]
-            lines.append(f"| {name} | {x['n']} | {x['p50_s']} | {x['p99_s']} | {x['max_s']} |")
-        lines += ["", f"Live batches: n {b['n']}, p50 {b['p50_s']} s, p99 {b['p99_s']} s, max {b['max_s']} s "
-                      f"(processing time per batch).", "",
-                  f"| RSS, MB | start | end | max | slope from t = {res['steady_from_s']:.0f} s, MB/min |",
-                  "|---|---:|---:|---:|---:|"]
-        for c, x in res["memory"].items():
-            lines.append(f"| {c} | {fmt_int(x['start_mb'])} | {fmt_int(x['end_mb'])} | {fmt_int(x['max_mb'])} "
-                         f"| {x['slope_steady_mb_per_min']} |")
-        if res["jvm_heap"]:
-            h0, h1 = res["jvm_heap"][0], res["jvm_heap"][-1]
-            lines += ["", f"Driver JVM heap (jstat): used {h0['heap_used_mb']:,.0f} → {h1['heap_used_mb']:,.0f} MB, "
-                          f"committed {h0['heap_committed_mb']:,.0f} → {h1['heap_committed_mb']:,.0f} MB, "
-                          f"{h1['young_gcs'] - h0['young_gcs']} young / {h1['full_gcs'] - h0['full_gcs']} full GCs "
-                          f"between t = {h0['t_s']} s and {h1['t_s']} s."]
-        lines += live_heap_markdown(res.get("jvm_live_heap") or [])
-    lines += ["", *checks_markdown(res["checks"])]
-    return "\n".join(lines) + "\n"
+        lines += _measured_markdown(res)
+    return "\n".join([*lines, "", *render.checks(res["checks"])]) + "\n"
+
+
+def _measured_markdown(res: dict) -> list[str]:
+    """Lag, latency, batches, RSS, the JVM heap and the live heap of a run that loaded."""
+    n = render.fmt_int
+    lag, lat, b = res["lag"], res["latency"], res["batch_seconds"]
+    out = ["", *render.table(["consumer lag during the load", "p50", "p99", "max"],
+                             [("frames", n(lag["frames_p50"]), n(lag["frames_p99"]), n(lag["frames_max"])),
+                              ("seconds", lag["seconds_p50"], lag["seconds_p99"], lag["seconds_max"])], "lrrr"),
+           "", *render.table(["latency", "n", "p50 s", "p99 s", "max s"],
+                             [(k, lat[k]["n"], lat[k]["p50_s"], lat[k]["p99_s"], lat[k]["max_s"])
+                              for k in ("provisional", "provisional_warm", "final")], "lrrrr"),
+           "", f"Live batches: n {b['n']}, p50 {b['p50_s']} s, p99 {b['p99_s']} s, max {b['max_s']} s "
+               f"(processing time per batch).", "",
+           *render.table(["RSS, MB", "start", "end", "max", f"slope from t = {res['steady_from_s']:.0f} s, MB/min"],
+                         [(c, n(x["start_mb"]), n(x["end_mb"]), n(x["max_mb"]), x["slope_steady_mb_per_min"])
+                          for c, x in res["memory"].items()], "lrrrr")]
+    if res["jvm_heap"]:
+        h0, h1 = res["jvm_heap"][0], res["jvm_heap"][-1]
+        out += ["", f"Driver JVM heap (jstat): used {h0['heap_used_mb']:,.0f} → {h1['heap_used_mb']:,.0f} MB, "
+                    f"committed {h0['heap_committed_mb']:,.0f} → {h1['heap_committed_mb']:,.0f} MB, "
+                    f"{h1['young_gcs'] - h0['young_gcs']} young / {h1['full_gcs'] - h0['full_gcs']} full GCs "
+                    f"between t = {h0['t_s']} s and {h1['t_s']} s."]
+    return out + live_heap_markdown(res.get("jvm_live_heap") or [])
 
 
 def live_heap_markdown(hist: list[dict]) -> list[str]:
     """The live-heap snapshots side by side: the classes that are largest at the end."""
     if not hist:
         return []
-    out = ["", "Driver JVM live heap after a full GC (`jcmd GC.class_histogram`), MB: "
-               + ", ".join(f"{h['live_heap_mb']:,.0f} at t = {h['t_s']:.0f} s" for h in hist) + ".", "",
-           "| class | " + " | ".join(f"MB at {h['t_s']:.0f} s" for h in hist) + " |",
-           "|---|" + "---:|" * len(hist)]
-    for row in hist[-1]["top"][:8]:
-        cells = [next((f"{r['mb']:,.1f}" for r in h["top"] if r["class"] == row["class"]), "–") for h in hist]
-        out.append(f"| `{row['class']}` | " + " | ".join(cells) + " |")
-    for cls in WATCH_CLASSES:
-        cells = [str(h.get("watch", {}).get(cls, "–")) for h in hist]
-        out.append(f"| instances of `{cls.rsplit('.', 1)[-1]}` | " + " | ".join(cells) + " |")
-    return out
+    rows = [(f"`{row['class']}`", *(next((f"{r['mb']:,.1f}" for r in h["top"] if r["class"] == row["class"]), "–")
+                                     for h in hist)) for row in hist[-1]["top"][:8]]
+    rows += [(f"instances of `{cls.rsplit('.', 1)[-1]}`", *(str(h.get("watch", {}).get(cls, "–")) for h in hist))
+             for cls in WATCH_CLASSES]
+    return ["", "Driver JVM live heap after a full GC (`jcmd GC.class_histogram`), MB: "
+                + ", ".join(f"{h['live_heap_mb']:,.0f} at t = {h['t_s']:.0f} s" for h in hist) + ".", "",
+            *render.table(["class", *(f"MB at {h['t_s']:.0f} s" for h in hist)], rows, "l" + "r" * len(hist))]
 
 
 def plot(res: dict, path: Path) -> None:
     """Lag (frames and seconds) and RSS per class over the time since the load started."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    s = res["series"]
+    s, lag = res["series"], res["lag"]
     t = [x["t_s"] for x in s]
-    fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(10, 7), sharex=True)
-    ax1.plot(t, [x["lag_frames"] for x in s], color="#1f77b4", lw=1, label="lag, frames")
-    ax1.set_ylabel("lag, frames", color="#1f77b4")
-    ax1b = ax1.twinx()
-    ax1b.plot(t, [x["lag_s"] for x in s], color="#d62728", lw=1, label="lag, seconds")
-    ax1b.set_ylabel("lag, seconds (oldest uncommitted frame)", color="#d62728")
-    lag = res["lag"]
-    ax1.set_title(f"soak {res['date']}: {fmt_int(res['rate_produced'])} frames/s for {res['load_s']:.0f} s — lag max "
-                  f"{fmt_int(lag['frames_max'])} frames / {lag['seconds_max']} s, p99 {fmt_int(lag['frames_p99'])} / "
-                  f"{lag['seconds_p99']} s", fontsize=9)
-    for cls, color in zip((*CLASSES, "total"), ("#2ca02c", "#9467bd", "#ff7f0e", "#7f7f7f")):
-        v = [(sum(x["rss_mb"].values()) if cls == "total" else x["rss_mb"].get(cls)) if x["rss_mb"] else None
-             for x in s]
-        slope = res["memory"][cls]["slope_steady_mb_per_min"]
-        ax2.plot(t, v, color=color, lw=1, label=f"{cls} (slope from {res['steady_from_s']:.0f} s: {slope} MB/min)")
-    if res["jvm_heap"]:
-        ax2.plot([h["t_s"] for h in res["jvm_heap"]], [h["heap_used_mb"] for h in res["jvm_heap"]], color="#2ca02c",
-                 ls=":", lw=1, label="driver JVM heap used (jstat)")
-    for ax in (ax1, ax2):
-        ax.axvline(0, color="k", lw=0.5)
-        ax.axvline(res["load_s"], color="k", lw=0.5, ls="--")
-    ax2.set_ylabel("RSS, MB")
-    ax2.set_xlabel("seconds since the load started (dashed: load end)")
-    ax2.legend(fontsize=8, loc="upper left")
-    fig.tight_layout()
-    tmp = path.with_name(path.name + ".tmp")
-    fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
-    os.replace(tmp, path)
+
+    def draw(_fig, axes) -> None:
+        ax1, ax2 = axes[0][0], axes[1][0]
+        ax1.plot(t, [x["lag_frames"] for x in s], color="#1f77b4", lw=1, label="lag, frames")
+        ax1.set_ylabel("lag, frames", color="#1f77b4")
+        ax1b = ax1.twinx()
+        ax1b.plot(t, [x["lag_s"] for x in s], color="#d62728", lw=1, label="lag, seconds")
+        ax1b.set_ylabel("lag, seconds (oldest uncommitted frame)", color="#d62728")
+        ax1.set_title(f"soak {res['date']}: {render.fmt_int(res['rate_produced'])} frames/s for "
+                      f"{res['load_s']:.0f} s — lag max {render.fmt_int(lag['frames_max'])} frames / "
+                      f"{lag['seconds_max']} s, p99 {render.fmt_int(lag['frames_p99'])} / {lag['seconds_p99']} s",
+                      fontsize=9)
+        for cls, color in zip((*CLASSES, "total"), ("#2ca02c", "#9467bd", "#ff7f0e", "#7f7f7f")):
+            v = [(sum(x["rss_mb"].values()) if cls == "total" else x["rss_mb"].get(cls)) if x["rss_mb"] else None
+                 for x in s]
+            ax2.plot(t, v, color=color, lw=1, label=f"{cls} (slope from {res['steady_from_s']:.0f} s: "
+                                                    f"{res['memory'][cls]['slope_steady_mb_per_min']} MB/min)")
+        if res["jvm_heap"]:
+            ax2.plot([h["t_s"] for h in res["jvm_heap"]], [h["heap_used_mb"] for h in res["jvm_heap"]],
+                     color="#2ca02c", ls=":", lw=1, label="driver JVM heap used (jstat)")
+        for ax in (ax1, ax2):
+            ax.axvline(0, color="k", lw=0.5)
+            ax.axvline(res["load_s"], color="k", lw=0.5, ls="--")
+        ax2.set_ylabel("RSS, MB")
+        ax2.set_xlabel("seconds since the load started (dashed: load end)")
+        ax2.legend(fontsize=8, loc="upper left")
+    render.figure(path, draw, 2, 1, figsize=(10, 7), sharex=True)
 
 
 # --------------------------------------------------------------------------- CLI
@@ -639,26 +619,11 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     if args.rate <= 0 or args.duration <= 0:
         ap.error("--rate and --duration must be > 0")
-    from doodlestats.runtime.config import load_config
     conf = conf_for(args)
-    machine, code = machine_info(), code_state()
-    try:
-        with own_broker(load_config(conf)):
-            res = run(conf, args.rate, args.duration, args.users, args.seed, args.keep, spark_flags(args),
-                      args.heap_every)
-    except BenchError as e:
-        print(f"soak: error: {e}", file=sys.stderr)
-        return 2
-    res["machine"], res["code"] = machine, code_during(code)
     full = args.rate == RATE and args.duration == DURATION
     out = Path(args.out_dir) if args.out_dir else (RESULTS_DIR if full else WORK_DIR / "smoke")
-    stem = f"soak-{time.strftime('%Y-%m-%d')}"
-    jp, mp = write_report(res, out, stem, markdown(res))
-    if res.get("series"):
-        plot(res, out / f"{stem}.png")
-    print(markdown(res))
-    say(f"soak: {'PASS' if res['ok'] else 'FAIL'}; wrote {jp}, {mp}" + (" and the plot" if res.get("series") else ""))
-    return 0 if res["ok"] else 1
+    return report_main("soak", conf, lambda: run(conf, args.rate, args.duration, args.users, args.seed, args.keep,
+                                                 spark_flags(args), args.heap_every), out, "soak", markdown, plot)
 
 
 if __name__ == "__main__":
