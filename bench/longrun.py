@@ -16,7 +16,6 @@ against the generator's truth (exact mode).
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import tempfile
 import time
@@ -27,7 +26,8 @@ try:
 except ImportError:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import RESULTS_DIR, WORK_DIR, guarded, machine_info, rel, say, write_json
+from bench import render
+from bench.common import RESULTS_DIR, WORK_DIR, guarded, machine_info, percentile, rel, say
 
 SOURCE = "value BINARY, topic STRING, partition INT, offset BIGINT, file STRING, line BIGINT"
 TABLES = ("minute_uids", "quarantine", "minute_stats")
@@ -76,7 +76,7 @@ def run(args) -> dict:
                                    SOURCE)
         rep = pipeline.process_batch(df, i)
         upkeep.on_batch(rep)
-        row = {"batch": i, "seconds": round(rep.seconds, 3), "spark_jobs": rep.spark_jobs}
+        row: dict = {"batch": i, "seconds": round(rep.seconds, 3), "spark_jobs": rep.spark_jobs}
         if i % args.sample_every == 0 or i == args.batches - 1:
             row["tables"] = table_files(delta)
             say(f"batch {i:,}: {rep.seconds:.2f}s, minute_uids {row['tables']['minute_uids']['files']:,} files, "
@@ -94,30 +94,29 @@ def run(args) -> dict:
 
 
 def summarise(rows: list[dict], window: int = 100) -> list[dict]:
-    """Per window of ``window`` batches: median and p90 batch time, the last file counts."""
+    """Per window of ``window`` batches: p50 and p90 batch time, the last file counts."""
     out = []
     for start in range(0, len(rows), window):
         part = rows[start:start + window]
-        secs = sorted(r["seconds"] for r in part)
+        secs = [r["seconds"] for r in part]
         last = [r["tables"] for r in part if "tables" in r][-1:]
         files = {f"{t}_files": last[0][t]["files"] for t in TABLES} if last else {}
         log = {"log_since_checkpoint": last[0]["minute_uids"]["log_since_checkpoint"]} if last else {}
-        out.append({"batches": f"{start}-{start + len(part) - 1}", "p50_s": round(statistics.median(secs), 3),
-                    "p90_s": secs[min(len(secs) - 1, int(0.9 * len(secs)))], **files, **log})
+        out.append({"batches": f"{start}-{start + len(part) - 1}", "p50_s": percentile(secs, 50),
+                    "p90_s": percentile(secs, 90), **files, **log})
     return out
 
 
 def markdown(res: dict) -> str:
-    m, p = res["machine"], res["params"]
+    p = res["params"]
     head = (f"# Long run — {res['date']}\n\n{p['batches']:,} batches of {p['per_batch']} frames, "
             f"{p['minutes_per_batch']:g} event-time minutes a batch ({res['minutes']:,} minutes), maintenance "
             f"{'every ' + str(p['maintain_every']) + ' batches' if p['maintenance'] else 'off'} "
             f"({res['maintenance_runs']} runs, {res['maintenance_failures']} failed); exact: {res['exact']}; "
-            f"{res['seconds']:,.0f} s. Machine: {m.get('cpu_model', '?')}, {m.get('cores', '?')} cores.\n\n")
+            f"{res['seconds']:,.0f} s. {render.machine_line(res['machine'])}.\n\n")
     cols = list(res["summary"][0])
-    table = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    table += ["| " + " | ".join(str(r.get(c, "")) for c in cols) + " |" for r in res["summary"]]
-    return head + "\n".join(table) + "\n"
+    return head + "\n".join(render.table(cols, [[r.get(c, "") for c in cols] for r in res["summary"]],
+                                          "l" + "r" * (len(cols) - 1))) + "\n"
 
 
 def main(argv=None) -> int:
@@ -136,10 +135,9 @@ def main(argv=None) -> int:
 
     def go() -> int:
         res = run(args)
-        stem = args.out or str(RESULTS_DIR / f"longrun-{res['date']}{'' if args.maintenance else '-nomaint'}")
-        write_json(Path(stem + ".json"), res)
-        Path(stem + ".md").write_text(markdown(res))
-        say(f"wrote {rel(Path(stem + '.md'))}")
+        stem = args.out or f"longrun-{res['date']}{'' if args.maintenance else '-nomaint'}"
+        paths = render.write(RESULTS_DIR, stem, res, markdown(res))
+        say(f"wrote {rel(paths['md'])}")
         print(markdown(res))
         return 0 if res["exact"] else 1
     return guarded("longrun", go)
