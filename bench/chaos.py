@@ -282,6 +282,9 @@ def run(c: ChaosRun) -> dict:
     r = [k["restart_to_first_batch_s"] for k in log["kills"] if "restart_to_first_batch_s" in k]
     res["restart_to_first_batch_s"] = {"min": min(r, default=None), "max": max(r, default=None),
                                        "mean": round(sum(r) / len(r), 1) if r else None}
+    parts = [k["startup"] for k in log["kills"] if k.get("startup")]
+    res["restart_parts_mean_s"] = {p: round(sum(x.get(p, 0) for x in parts) / len(parts), 1)
+                                   for p in dict.fromkeys(q for x in parts for q in x)} if parts else {}
     res["checks"] = {**checks, **_kill_checks(res, c.kills)}
     res["ok"] = all(x["ok"] for x in res["checks"].values())
     rs.clean(c.keep)
@@ -337,7 +340,7 @@ def _kill_at(c: ChaosRun, rs: RunSpace, job: LiveJob, loader: Loader, i: int, at
     except BenchError as e:
         log["restart_failures"].append({"kill": i, "error": str(e).replace(f"{REPO_ROOT}/", "")[:2000]})
         raise BenchError(f"restart {i} failed: {e}") from None
-    k["ready_by"] = job.ready_how
+    k["ready_by"], k["startup"] = job.ready_how, job.startup()
     k["kill_to_first_batch_s"] = round(job.ready_at - t_kill, 1)
     say(f"chaos: restart {i}: first batch {k['restart_to_first_batch_s']:.1f}s after the restart")
     return k
@@ -367,6 +370,9 @@ def markdown(res: dict) -> str:
         f"{res['final_pass_s']} s; {res['output_messages']:,} minuteStats messages. Truth: "
         f"{res['truth']['minutes']} minutes, {res['truth']['valid_frames']:,} valid frames, injected defects "
         f"{', '.join(f'{k}={v}' for k, v in d.items())}.", "",
+        "Where a restart's time went (mean s over the restarts, from the job's `up in` line: spark-submit's JVM "
+        "start to the query's start, then its first batch): "
+        + (", ".join(f"{k} {v:g}" for k, v in res.get("restart_parts_mean_s", {}).items()) or "–") + ".", "",
         *render.checks(res["checks"])]) + "\n"
 
 

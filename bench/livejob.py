@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -147,14 +148,14 @@ class LiveJob:
         """Seconds from this start to the job's first ``batch`` line (raises if it died).
 
         With ``idle`` (True when the committed offsets are at the topic's end), a job whose
-        query has started (``DOODLE_TIMINGS``' start line) with nothing to read also counts
+        query has started (its ``up in`` line) with nothing to read also counts
         as ready — Spark runs no batch without new data."""
         deadline = time.monotonic() + timeout
         self.ready_how = "batch"
         while not self._batch_line(2 if idle else timeout):
             if time.monotonic() > deadline or idle is None:
                 raise BenchError(f"live job printed no batch line within {timeout:.0f}s; see {self.err}")
-            if "writeStream.start() returned" in self.err.read_text(errors="replace") and idle():
+            if "minute_stats: up in " in self.err.read_text(errors="replace") and idle():
                 self.ready_how = "idle"
                 break
         self.ready_at = time.monotonic()
@@ -162,6 +163,21 @@ class LiveJob:
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
+
+    def startup(self) -> dict:
+        """Where this start's time went, from the job's ``up in`` line (seconds per part:
+        process, checks, session, tables and state, warm-up, query) and its first batch line
+        (``first_batch_s``); {} before the query started."""
+        text = self.err.read_text(errors="replace")
+        up = re.search(r"minute_stats: up in ([\d.]+)s: (.*)", text)
+        if up is None:
+            return {}
+        out = {"up_s": float(up.group(1))}
+        out.update({k.strip(): float(v) for k, v in re.findall(r"([a-z -]+?) ([\d.]+)s(?:,|$)", up.group(2).strip())})
+        first = re.search(r"^batch \d+: .* in ([\d.]+)s \|", text, re.M)
+        if first is not None:
+            out["first_batch_s"] = float(first.group(1))
+        return out
 
     def kill(self) -> dict:
         """SIGKILL the whole process tree (:func:`kill_tree`)."""

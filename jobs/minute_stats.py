@@ -154,7 +154,7 @@ def write_metrics(path: str, progress, cfg, started: float, offset_check, watch)
         "gaps": offset_check.found if offset_check else [], "broker_away_s": round(watch.longest, 1)}, indent=1))
 
 
-def build_pipeline(spark, cfg, args, offset_check):
+def build_pipeline(spark, cfg, args, offset_check, clock):
     """The pipeline with its sinks (the patient minuteStats publisher, stdout), progress and
     metrics endpoint; warmed up when the job runs live."""
     from doodlestats.batch.pipeline import MinuteStatsPipeline
@@ -179,6 +179,7 @@ def build_pipeline(spark, cfg, args, offset_check):
     _log.info(f"minute_stats: {args.source} {cfg.kafka.input_topic if args.source == 'kafka' else args.input_path} "
               f"→ {cfg.kafka.output_topic} + {delta} | mode {cfg.job.mode} | parser {cfg.job.parser} | "
               f"watermark {cfg.job.watermark_s}s | checkpoint {checkpoint}")
+    clock.lap("tables and state")
     if cfg.job.warm_up_frames and not args.available_now:  # live: the first results must be on time
         restart = pipeline.latest_state().batch_id
         if restart >= 0:  # a restart first catches up what came while it was down: that batch warms up
@@ -186,6 +187,7 @@ def build_pipeline(spark, cfg, args, offset_check):
         else:
             _log.info(f"minute_stats: warm-up on {cfg.job.warm_up_frames:,} synthetic frames took "
                       f"{warm_up(spark, cfg, cfg.job.warm_up_frames):.1f}s")
+    clock.lap("warm-up")
     return pipeline, watch, progress, live, upkeep
 
 
@@ -202,6 +204,9 @@ def scheduled_maintenance(cfg, delta: str):
 def body(args) -> int:
     from doodlestats.io.kafka import KafkaUnavailable, check_kafka, ensure_topic
     from doodlestats.io.offsets import DataLoss
+    from doodlestats.runtime.streaming import StartUp
+    clock = StartUp()
+    clock.lap("process")
     try:
         cfg = build_config(args)
         check_kafka(cfg, need_input=args.source == "kafka")
@@ -210,26 +215,35 @@ def body(args) -> int:
         offset_check = check_offsets(cfg, args, str(cfg.path("checkpoint"))) if local else None  # before Spark
     except (ConfigError, KafkaUnavailable, DataLoss) as e:
         raise cli.JobError(str(e)) from None
+    clock.lap("checks")
     spark, cfg = open_spark(cfg, args)
+    clock.lap("session")
     try:
         try:
             offset_check = offset_check if local else check_offsets(cfg, args, str(cfg.path("checkpoint")), spark)
         except DataLoss as e:
             raise cli.JobError(str(e)) from None
-        return stream(spark, cfg, args, offset_check)
+        return stream(spark, cfg, args, offset_check, clock)
     finally:
         spark.stop()
 
 
-def stream(spark, cfg, args, offset_check) -> int:
-    """The stream until it ends or stops; then the final flush, the metrics, the table."""
+def stream(spark, cfg, args, offset_check, clock) -> int:
+    """The stream until it ends or stops; then the final flush, the metrics, the table.
+    ``clock`` (a :class:`~doodlestats.runtime.streaming.StartUp`) says where the start went."""
     from doodlestats.runtime import streaming
     started = time.time()
-    pipeline, watch, progress, live, upkeep = build_pipeline(spark, cfg, args, offset_check)
+    pipeline, watch, progress, live, upkeep = build_pipeline(spark, cfg, args, offset_check, clock)
     checkpoint = str(cfg.path("checkpoint"))
     on_tick = (lambda q: live.on_progress(q.lastProgress)) if live.server is not None else None
+
+    def on_start() -> None:
+        if not clock.said:
+            clock.lap("query")
+            clock.said = True
+            _log.info(f"minute_stats: {clock.line()}")
     runner = streaming.StreamRunner(spark, cfg, pipeline, args.source, args.input_path, checkpoint, offset_check,
-                                    watch, args.available_now, on_tick)
+                                    watch, args.available_now, on_tick, on_start)
     try:
         code = runner.run()
     finally:

@@ -32,4 +32,8 @@ def test_two_sigkills_while_the_loader_streams_change_nothing(kafka, tmp_path):
     assert kills[0]["during_load"] and kills[0]["frames_in_topic"] < 30_000
     assert all(k["processes"] >= 3 and not k["survivors"] for k in kills)   # bash, JVM, Python driver at least
     assert all(k["restart_to_first_batch_s"] is not None for k in kills)
+    # each restart said where its start went (no warm-up on a restart), and the parts add up
+    assert all(k["startup"]["warm-up"] == 0 and k["startup"]["session"] > 0 for k in kills), kills
+    assert all(abs(sum(v for p, v in k["startup"].items() if p not in ("up_s", "first_batch_s"))
+                   - k["startup"]["up_s"]) < 0.5 for k in kills), kills
     assert res["job_starts"] == 4   # first start, two restarts, the final --available-now pass
