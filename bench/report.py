@@ -216,7 +216,7 @@ def projection(result: dict, max_offsets_per_trigger: int = 1_000_000) -> dict |
 
     * executors: ``E`` CPU s per 1M frames → ``1e6 / E`` frames/s per core, linear in the
       cores (every frame's work is per task; needs at least as many Kafka partitions /
-      ``min_partitions`` as cores, and brokers that deliver the bytes);
+      ``frames_per_task`` small enough for the cores, and brokers that deliver the bytes);
     * driver: ``D`` CPU s per 1M frames on one core → it is the limit from
       ``1e6 / D`` frames/s (driver CPU per second of input ≥ 1 core).
     """
@@ -267,7 +267,7 @@ def _projection_lead(p: dict) -> list[str]:
     lines = [
         "**A projection, not a measurement**: computed from the CPU seconds measured above on this machine, "
         "assuming the executors' work grows linearly with their cores (every frame's work runs in a Spark task; "
-        "enough Kafka partitions / `min_partitions` for the cores; brokers, network and storage keep up) and "
+        "read tasks for the cores (`frames_per_task`); brokers, network and storage keep up) and "
         "that the driver's per-batch work runs on one core.", "",
         f"- basis: {p['basis']}" + (f" ({p['basis_note']})" if p.get("basis_note") else ""),
         f"- executor CPU {p['executor_cpu_s_per_1m']:,.2f} s per 1M frames → {fmt_int(p['frames_per_s_per_core'])} "

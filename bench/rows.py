@@ -53,6 +53,7 @@ from bench.common import (
     topic_messages,
     with_load,
 )
+from doodlestats.runtime.streaming import read_split
 
 ROWS = ("read_ceiling", "old_consumer", "naive_spark", "job_exact", "job_approx")
 JOB_ROWS = {"naive_spark": ("exact", "spark"), "job_exact": ("exact", None), "job_approx": ("approx", None)}
@@ -146,16 +147,18 @@ def run_read_ceiling(topic: str, work: Path, profile: bool = True, repeat: int =
     run_dir = fresh_dir(work / "read_ceiling")
     flags, env = _profile(run_dir, profile)
     metrics = run_dir / "metrics.json"
-    # the job's own source options (Spark tasks per batch), so the ceiling is the same read
-    min_partitions = load_cfg().job.min_partitions
+    # the tasks of the job's full batch (a batch query splits by minPartitions only)
+    cfg = load_cfg()
+    split = {**read_split(cfg), "minPartitions": str(-(-cfg.job.max_offsets_per_trigger // cfg.job.frames_per_task))}
     cmd = spark_cmd("bench/read_ceiling.py", ["--topic", topic, "--metrics-file", metrics, "--repeat", repeat,
-                                              "--option", f"minPartitions={min_partitions}"], flags)
+                                              *(a for k, v in split.items() for a in ("--option", f"{k}={v}"))],
+                    flags)
     res = run_process(cmd, run_dir, "read_ceiling", env=env, timeout=TIMEOUT_S)
     m = res.output("read_ceiling", metrics)
     row = {"name": "read_ceiling", "frames": m["frames"], "query_s": m["query_seconds"],
            "frames_per_s": round(m["frames"] / m["query_seconds"], 1), "wall_s": res.wall_s,
            "peak_rss_mb": res.peak_rss_mb, "bytes_per_frame": round(m["bytes"] / max(m["frames"], 1), 1),
-           "min_partitions": min_partitions}
+           "read_split": split}
     row["runs_in_eventlog"] = max(1, repeat)
     if m.get("warm_query_seconds"):
         row["warm_frames_per_s"] = [round(m["frames"] / s, 1) for s in m["warm_query_seconds"]]

@@ -82,7 +82,7 @@ class JobConf:
     late_corrections: bool = True
     parser: str = "jvm"
     idle_partition_s: float = 30.0
-    min_partitions: int = 8
+    min_partitions: int = 1
     frames_per_task: int = 50_000
     warm_up_frames: int = 20_000
     # offsets the checkpoint expects but the broker no longer has (retention deleted them):
