@@ -35,13 +35,14 @@ def test_minute_stats_on_a_standalone_cluster_is_exact(kafka, spark, test_conf, 
                *job_args(topic, out_topic, tmp_path, "--available-now", "--max-offsets-per-trigger", "8000")]
         err = tmp_path / "job.err"
         with open(err, "w") as log:
-            job = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log, cwd=ROOT, env=dict(os.environ))
+            job = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log, cwd=ROOT, env=dict(os.environ),
+                                   start_new_session=True)
             try:
                 killed = _kill_an_executor_after_the_first_batch(job, err, tmp_path / "cluster")
                 assert job.wait(900) == 0, err.read_text()[-5000:]
             finally:
-                if job.poll() is None:
-                    job.kill()
+                if job.poll() is None:  # the whole job (its JVM and Python driver), by its process group
+                    os.killpg(job.pid, signal.SIGKILL)
                     job.wait()
         text = err.read_text()
         assert "batch 2:" in text  # several micro-batches, executors on both workers
