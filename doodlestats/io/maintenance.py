@@ -27,6 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from doodlestats.io.tables import MINUTE_STATS, MINUTE_UIDS, QUARANTINE, Tables
+from doodlestats.runtime.cli import first_line
 from doodlestats.runtime.config import MaintenanceConf
 
 __all__ = ["TABLES", "TARGET_FILE_BYTES", "VACUUM_HOURS", "TableReport", "Scheduled", "settled_before", "maintain"]
@@ -149,7 +150,7 @@ class Scheduled:
             reps = maintain(self.make_tables(), target_bytes=self.target_bytes, vacuum_hours=self.vacuum_hours)
         except Exception as e:  # noqa: BLE001 - a conflict, an unreachable store: say it, try at the next trigger
             self.failures += 1
-            self.say(f"maintenance failed (tried again at the next trigger): {str(e).splitlines()[0][:300]}")
+            self.say(f"maintenance failed (tried again at the next trigger): {first_line(e)[:300]}")
             return
         self.runs += 1
         self.say(f"maintenance in {time.time() - t0:.1f}s: " + "; ".join(

@@ -144,9 +144,10 @@ class MetricsConf:
 class MaintenanceConf:
     # the live job compacts, checkpoints and vacuums its tables in the background (see
     # doodlestats.io.maintenance) every so many batches or minutes, whichever comes first
-    # (0 turns that trigger off; both 0: only `jobs/maintain.py`)
+    # (0 turns that trigger off; both 0, the default: only `jobs/maintain.py`). The compaction
+    # rewrites a settled day's files in the driver's process: at volume, run jobs/maintain.py apart
     every_batches: int = 0
-    every_minutes: int = 60
+    every_minutes: int = 0
     target_mb: int = 128     # size of a compacted file
     vacuum_hours: int = 168  # unreferenced files older than this are deleted (at least 1)
 
