@@ -26,7 +26,8 @@ PLAIN_CONF  := conf/spark/spark-defaults.conf
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-15s %s\n", $$1, $$2}'
 
-setup: $(STAMP_VENV) $(STAMP_SPARK) $(STAMP_STORAGE) $(STAMP_KAFKA) $(UDF_JAR) $(PLAIN_CONF) ## virtualenv + jars (Spark connectors, object stores, Kafka broker) + fast parser; once
+setup: $(STAMP_VENV) $(STAMP_SPARK) $(STAMP_STORAGE) $(STAMP_KAFKA) $(UDF_JAR) $(PLAIN_CONF) ## virtualenv + jars (Spark connectors, object stores, Kafka broker) + fast parser + the driver's class archive; once
+	@$(VPY) -m tools.class_archive || true
 
 $(STAMP_VENV): requirements.txt
 	@command -v $(PY) >/dev/null || { echo "setup: $(PY) not found — install Python 3.11 (or make PY=python3 ...)"; exit 2; }

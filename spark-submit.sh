@@ -13,6 +13,7 @@
 # driver and every executor import it from that artifact.
 #
 #   ./spark-submit.sh --build-wheel     # only build (if needed) and print the wheel's path
+#   ./spark-submit.sh --class-archive   # print the path of the driver JVM's class archive
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 VENV="$ROOT/.venv"
@@ -75,14 +76,18 @@ command -v java >/dev/null || die "java not found on PATH — install OpenJDK 17
 
 spark_flags=()
 job=""
+print_archive=""
+if [ "${1:-}" = "--class-archive" ]; then print_archive=1; shift; fi
 while [ $# -gt 0 ]; do
   case "$1" in
     *.py) job="$1"; shift; break ;;
     *) spark_flags+=("$1"); shift ;;
   esac
 done
-[ -n "$job" ] || die "usage: ./spark-submit.sh [spark-submit flags] jobs/<job>.py [job flags]"
-[ -f "$job" ] || die "no such job: $job"
+if [ -z "$print_archive" ]; then
+  [ -n "$job" ] || die "usage: ./spark-submit.sh [spark-submit flags] jobs/<job>.py [job flags]"
+  [ -f "$job" ] || die "no such job: $job"
+fi
 
 has_flag() { local f; for f in "${spark_flags[@]+"${spark_flags[@]}"}"; do [ "$f" = "$1" ] && return 0; done; return 1; }
 flag_value() {  # the value of a spark-submit flag given as `--flag value` or `--flag=value`
@@ -94,16 +99,54 @@ flag_value() {  # the value of a spark-submit flag given as `--flag value` or `-
   return 1
 }
 
-# conf/doodle.toml knobs used as defaults (overridable by flags before the job file), and
-# the jars (the same list in-process sessions and the plain form's conf/spark use)
-read -r master driver_mem jars < <("$VENV/bin/python" - "$ROOT" <<'PY'
-import sys; sys.path.insert(0, sys.argv[1])
+# conf/doodle.toml knobs used as defaults (overridable by flags before the job file), the
+# jars (the same list in-process sessions and the plain form's conf/spark use) and the
+# virtualenv's Spark
+read -r master driver_mem jars spark_home < <("$VENV/bin/python" - "$ROOT" <<'PY'
+import os, sys; sys.path.insert(0, sys.argv[1])
 from doodlestats.runtime.config import load_config
 from doodlestats.runtime.session import local_jars
+import pyspark
 c = load_config()
-print(c.spark.master, c.spark.driver_memory, ",".join(map(str, local_jars())))
+print(c.spark.master, c.spark.driver_memory, ",".join(map(str, local_jars())), os.path.dirname(pyspark.__file__))
 PY
 )
+export SPARK_HOME="${SPARK_HOME_OVERRIDE:-$spark_home}"
+
+# Class-data sharing. A JVM start finds, reads and verifies ~15,000 classes in ~300 jars;
+# the driver JVM maps the ones a job needs from an archive instead, written by `make setup`
+# (tools/class_archive.py: one real run of the job, DOODLE_CLASS_ARCHIVE=write): ~3 s less
+# per start, before and in the first batch (docs/operations.md, "Restart"). The archive is
+# named after a hash of the JVM and the jars, so after either changes it is not found and
+# the job starts without it; DOODLE_CLASS_ARCHIVE=off never uses one. The JVM refuses a
+# class path with a non-empty folder in it, so SPARK_CONF_DIR (always on that path) is an
+# empty folder and log4j2.properties is named by its own option.
+class_archive() {
+  local java_bin
+  java_bin="$(readlink -f "$(command -v java)")"
+  CLASS_ARCHIVE="$ROOT/.deps/class-archive/driver-$({
+    ls -lL --time-style=+%s "$java_bin" "$(dirname "$java_bin")/../lib/server/libjvm.so" 2>/dev/null
+    ls -l --time-style=+%s "$SPARK_HOME/jars"
+    tr ',' '\n' <<<"$jars" | xargs -r ls -lL --time-style=+%s
+  } | sha256sum | cut -c1-16).jsa"
+}
+class_archive
+if [ -n "$print_archive" ]; then
+  echo "$CLASS_ARCHIVE"
+  exit 0
+fi
+jvm_opts="-Dlog4j2.configurationFile=$ROOT/conf/spark/log4j2.properties"
+case "${DOODLE_CLASS_ARCHIVE:-on}" in
+  on) [ -f "$CLASS_ARCHIVE" ] && jvm_opts+=" -XX:SharedArchiveFile=$CLASS_ARCHIVE" ;;
+  write) mkdir -p "$(dirname "$CLASS_ARCHIVE")"
+         archive_tmp="$CLASS_ARCHIVE.$$.tmp"
+         jvm_opts+=" -XX:ArchiveClassesAtExit=$archive_tmp -Xlog:cds=off -Xlog:cds+dynamic=off" ;;
+  off) ;;
+  *) die "DOODLE_CLASS_ARCHIVE: on, off or write, not '$DOODLE_CLASS_ARCHIVE'" ;;
+esac
+export SPARK_SUBMIT_OPTS="${SPARK_SUBMIT_OPTS:+$SPARK_SUBMIT_OPTS }$jvm_opts"
+mkdir -p "$ROOT/.deps/class-archive/conf"
+export SPARK_CONF_DIR="$ROOT/.deps/class-archive/conf"
 
 build_wheel
 
@@ -116,13 +159,11 @@ case "$(flag_value --master || echo "$master")" in
 esac
 has_flag --driver-memory || defaults+=(--driver-memory "$driver_mem")
 
-export SPARK_HOME="${SPARK_HOME_OVERRIDE:-$("$VENV/bin/python" -c 'import pyspark,os;print(os.path.dirname(pyspark.__file__))')}"
 export PYSPARK_PYTHON="$VENV/bin/python"
 export PYSPARK_DRIVER_PYTHON="$VENV/bin/python"
 export DOODLE_HOME="$ROOT"
 export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
 export SPARK_LOG_DIR="$ROOT/.run/spark-logs"
-export SPARK_CONF_DIR="$ROOT/conf/spark"
 
 # Graceful stop: SIGTERM / Ctrl-C reach this script, which forwards SIGTERM to the Python
 # driver only (its PID is written by the job), so the job stops after its current batch
@@ -149,4 +190,7 @@ while :; do
   wait "$child"; rc=$?
   kill -0 "$child" 2>/dev/null || break
 done
+if [ -n "${archive_tmp:-}" ]; then  # written when the JVM exited normally: keep it only if the job succeeded
+  if [ "$rc" = 0 ] && [ -s "$archive_tmp" ]; then mv -f "$archive_tmp" "$CLASS_ARCHIVE"; else rm -f "$archive_tmp"; fi
+fi
 exit "$rc"

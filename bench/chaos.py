@@ -323,9 +323,9 @@ def _kill_at(c: ChaosRun, rs: RunSpace, job: LiveJob, loader: Loader, i: int, at
     """Kill ``i``: wait for its moment, SIGKILL the job's tree, start it again, time its
     first batch."""
     _wait_for_moment(c, rs, job, loader, at, log)
-    t_kill = time.monotonic()
     progress = checkpoint_progress(rs.ckpt)
     loaded = topic_messages(rs.cfg, rs.topic)
+    t_kill = time.monotonic()   # the SIGKILL's moment (the two reads above describe the job at it)
     tree = job.kill()
     k = {"kill": i, "scheduled_s": at, "at_s": round(t_kill - loader.started_at, 1), "during_load": loader.running,
          "frames_in_topic": loaded, "batch_planned": progress["planned"], "batch_committed": progress["committed"],

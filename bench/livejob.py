@@ -44,6 +44,7 @@ JOB = "jobs/minute_stats.py"
 DEFAULT_CONF = REPO_ROOT / "conf" / "doodle.toml"
 START_TIMEOUT_S = 300
 STOP_TIMEOUT_S = 60
+POLL_S = 0.1               # how often the first batch line is looked for (its time is the reading's)
 DRAIN_TIMEOUT_S = 600
 #: what a live run records of its job (None until it happened)
 FACTS = ("job_ready_s", "load_s", "rate_achieved", "drain_s", "job_stop", "final_pass_s")
@@ -141,7 +142,7 @@ class LiveJob:
                     return True
             except OSError:
                 pass
-            time.sleep(0.5)
+            time.sleep(POLL_S)
         return False
 
     def wait_ready(self, timeout: float = START_TIMEOUT_S, idle: Callable[[], bool] | None = None) -> float:

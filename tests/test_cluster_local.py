@@ -17,6 +17,8 @@ from pathlib import Path
 import pytest
 from conftest import ROOT
 
+from tools._proc import free_port
+
 PORT = int(os.environ.get("DOODLE_TEST_SPARK_PORT", "17077"))
 UI_PORT = int(os.environ.get("DOODLE_TEST_SPARK_UI_PORT", "18080"))
 CLI = [sys.executable, "-m", "tools.cluster_local"]
@@ -40,18 +42,12 @@ def _free(port: int) -> bool:
         return s.connect_ex(("127.0.0.1", port)) != 0
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_port_in_use_is_one_line_and_starts_nothing(tmp_path):
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
-        r = _cli(["up", "--port", str(port), "--webui-port", str(_free_port())], tmp_path / "run")
+        r = _cli(["up", "--port", str(port), "--webui-port", str(free_port())], tmp_path / "run")
     assert r.returncode == 2
     assert r.stderr.strip().splitlines() == [
         f"cluster: error: port 127.0.0.1:{port} is already in use by another process — stop it, or choose "
@@ -62,7 +58,7 @@ def test_port_in_use_is_one_line_and_starts_nothing(tmp_path):
 def test_no_java_is_one_line(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "JAVA_HOME"}
     env["PATH"] = str(Path(sys.executable).parent)  # the virtualenv's bin: python, no java
-    r = _cli(["up", "--port", str(_free_port()), "--webui-port", str(_free_port())], tmp_path / "run", env=env)
+    r = _cli(["up", "--port", str(free_port()), "--webui-port", str(free_port())], tmp_path / "run", env=env)
     assert r.returncode == 2
     assert len(r.stderr.strip().splitlines()) == 1 and r.stderr.startswith("cluster: error: java not found on PATH")
 

@@ -5,7 +5,6 @@ progress. Expectations: the generator's truth, never the job's own output."""
 from __future__ import annotations
 
 import re
-import socket
 import time
 import urllib.request
 
@@ -14,13 +13,9 @@ from conftest import new_topic, produce, write_conf
 from test_minute_stats import job_args
 from test_outage import Job
 
+from tools._proc import free_port
+
 pytestmark = pytest.mark.integration
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def scrape(port: int) -> dict[str, float]:

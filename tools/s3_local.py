@@ -25,7 +25,6 @@ import argparse
 import contextlib
 import dataclasses
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -36,7 +35,7 @@ from pathlib import Path
 from typing import Iterator
 
 from doodlestats.runtime.config import REPO_ROOT
-from tools._proc import pid_alive, port_open, terminate  # noqa: F401
+from tools._proc import free_port, pid_alive, port_open, terminate  # noqa: F401
 
 HOST = "127.0.0.1"
 DEFAULT_PORT = 9400
@@ -120,13 +119,6 @@ def running(folder: str | os.PathLike | None = None) -> S3Local | None:
         return None
     pid, port = got
     return S3Local(pid, port, folder=str(run_dir(folder))) if _pid_alive(pid) and _is_ours(pid) else None
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((HOST, 0))
-        return s.getsockname()[1]
 
 
 def _answers(port: int) -> bool:
