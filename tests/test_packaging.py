@@ -233,6 +233,48 @@ def test_executors_import_the_package_from_the_shipped_wheel(tmp_path):
         assert where["sha256"] == wheel_sha, where  # the very artifact built from pyproject
 
 
+# --- the driver's class archive (make setup: tools/class_archive.py) -----------------------
+
+SESSION_PROBE = """
+from doodlestats.runtime.config import load_config
+from doodlestats.runtime.session import get_spark
+spark = get_spark("probe", load_config())
+print(spark.range(10).count())
+spark.stop()
+"""
+
+
+def _class_sources(tmp: Path, archive: str) -> tuple[dict[str, str], str]:
+    """Run a session through ./spark-submit.sh (``DOODLE_CLASS_ARCHIVE=archive``) with the
+    JVM's class loading logged: {class: where it came from}, and the job's stderr."""
+    (tmp / "probe.py").write_text(SESSION_PROBE)
+    log = tmp / f"classes-{archive}.log"
+    env = {**os.environ, "DOODLE_CLASS_ARCHIVE": archive, "SPARK_SUBMIT_OPTS": f"-Xlog:class+load=info:file={log}"}
+    r = subprocess.run([str(ROOT / "spark-submit.sh"), "--driver-memory", "1g", str(tmp / "probe.py")], cwd=tmp,
+                       capture_output=True, text=True, timeout=300, env=env)
+    assert r.returncode == 0 and r.stdout.strip().splitlines()[-1] == "10", r.stderr[-3000:]
+    found = re.findall(r"\] (\S+) source: (.*)$", log.read_text(), re.M)
+    return dict(found), r.stderr
+
+
+@pytest.mark.integration
+def test_the_driver_maps_its_classes_from_the_archive_make_setup_wrote(tmp_path):
+    """With the archive, Spark's classes and Delta's (loaded from --jars by Spark's own class
+    loader) come from it; without it (DOODLE_CLASS_ARCHIVE=off) from the jars."""
+    archive = subprocess.run([str(ROOT / "spark-submit.sh"), "--class-archive"], capture_output=True, text=True,
+                             check=True).stdout.strip()
+    assert Path(archive).is_file(), f"no class archive at {archive}: run `make setup` (python -m tools.class_archive)"
+    shared, err = _class_sources(tmp_path, "on")
+    assert "Unable to use shared archive" not in err, err[-2000:]
+    top = "shared objects file (top)"
+    assert sum(src == top for src in shared.values()) > 5000, f"{len(shared)} classes, few from the archive"
+    for cls in ("org.apache.spark.SparkContext", "io.delta.sql.DeltaSparkSessionExtension"):
+        assert shared.get(cls) == top, (cls, shared.get(cls))
+    plain, _ = _class_sources(tmp_path, "off")
+    assert plain["org.apache.spark.SparkContext"].endswith(".jar"), plain["org.apache.spark.SparkContext"]
+    assert not any("(top)" in src for src in plain.values())
+
+
 # --- the plain form: `spark-submit jobs/<job>.py` from the activated virtualenv ----------------
 
 def _activated_env(**extra: str) -> dict[str, str]:
