@@ -98,10 +98,29 @@ def kill_tree(pid: int) -> dict:
             p.kill()
         except psutil.Error:
             pass
-    _, alive = psutil.wait_procs(tree, timeout=10)
+    alive = _wait_dead(tree, timeout=10)
     if pidfile:
         Path(pidfile).unlink(missing_ok=True)
     return {"processes": len(tree), "groups": len(groups), "survivors": [p.pid for p in alive]}
+
+
+def _wait_dead(procs: list, timeout: float) -> list:
+    """Wait until each process has exited; the ones still running after ``timeout`` s. A
+    zombie has exited: it waits only for a parent that may be slow to reap it (the killed
+    JVM's orphans are reaped by PID 1)."""
+    import psutil
+
+    def running(p) -> bool:
+        try:
+            return p.status() != psutil.STATUS_ZOMBIE
+        except psutil.Error:
+            return False
+    deadline = time.monotonic() + timeout
+    alive = [p for p in procs if running(p)]
+    while alive and time.monotonic() < deadline:
+        time.sleep(0.02)
+        alive = [p for p in alive if running(p)]
+    return alive
 
 
 class LiveJob:
