@@ -35,7 +35,8 @@ STORAGE_JARS = REPO_ROOT / ".deps" / "storage-jars"
 UDF_JAR = REPO_ROOT / "java" / "target" / "doodle-udf.jar"
 DEFAULTS = REPO_ROOT / "conf" / "spark-defaults.conf"
 #: The configuration folder of the plain form (log4j2.properties + a generated
-#: spark-defaults.conf), also SPARK_CONF_DIR of ./spark-submit.sh.
+#: spark-defaults.conf); ./spark-submit.sh names its log4j2.properties by option instead (its
+#: SPARK_CONF_DIR is an empty folder: the driver's class archive allows no other).
 CONF_DIR = REPO_ROOT / "conf" / "spark"
 PLAIN_DEFAULTS = CONF_DIR / "spark-defaults.conf"
 
