@@ -43,7 +43,8 @@ def test_read_tasks_follow_the_batch_size(kafka, spark, tmp_path):
 
     from doodlestats.runtime.streaming import kafka_source
     topic = new_topic(kafka, "split", 3)
-    produce(kafka, topic, [b'{"ts": 1, "uid": "u%d"}' % i for i in range(6000)])
+    for part in range(3):   # 2,000 in each partition (keyless frames may all stick to one)
+        produce(kafka, topic, [b'{"ts": 1, "uid": "u%d-%d"}' % (part, i) for i in range(2000)], partition=part)
 
     def tasks(frames_per_task: int) -> list[int]:
         job = dataclasses.replace(kafka.job, frames_per_task=frames_per_task, starting_offsets="earliest")
