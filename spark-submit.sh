@@ -116,7 +116,7 @@ export SPARK_HOME="${SPARK_HOME_OVERRIDE:-$spark_home}"
 # Class-data sharing. A JVM start finds, reads and verifies ~15,000 classes in ~300 jars;
 # the driver JVM maps the ones a job needs from an archive instead, written by `make setup`
 # (tools/class_archive.py: one real run of the job, DOODLE_CLASS_ARCHIVE=write): ~3 s less
-# per start, before and in the first batch (docs/operations.md, "Restart"). The archive is
+# per start, before and in the first batch (docs/deploy.md, "Set-up, exactly"). The archive is
 # named after a hash of the JVM and the jars, so after either changes it is not found and
 # the job starts without it; DOODLE_CLASS_ARCHIVE=off never uses one. The JVM refuses a
 # class path with a non-empty folder in it, so SPARK_CONF_DIR (always on that path) is an
@@ -125,7 +125,7 @@ class_archive() {
   local java_bin
   java_bin="$(readlink -f "$(command -v java)")"
   CLASS_ARCHIVE="$ROOT/.deps/class-archive/driver-$({
-    echo "jars on the class path"
+    echo "jars on the class path"   # the layout of the class path: a change renames the archive
     ls -lL --time-style=+%s "$java_bin" "$(dirname "$java_bin")/../lib/server/libjvm.so" 2>/dev/null
     ls -l --time-style=+%s "$SPARK_HOME/jars"
     tr ',' '\n' <<<"$jars" | xargs -r ls -lL --time-style=+%s
