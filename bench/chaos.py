@@ -273,7 +273,8 @@ def run(c: ChaosRun) -> dict:
         results, checks = verdict(rs, c.truth, log["errors"], c.input)
     res = {"kind": "chaos", "date": time.strftime("%Y-%m-%d %H:%M:%S"), "input": rel(c.input), "frames": frames,
            "rate_target": c.rate, "loader_live": c.live, "seed": c.seed, "kills_planned": c.kills,
-           "schedule_s": schedule, "min_gap_s": c.min_gap_s, "min_up_s": c.min_up_s, "topic": rs.topic, **facts,
+           "schedule_s": schedule, "min_gap_s": c.min_gap_s, "min_up_s": c.min_up_s, "spark_flags": c.spark_flags,
+           "topic": rs.topic, **facts,
            "job_starts": job.starts + (facts["final_pass_s"] is not None), "batch_lines": rs.batch_lines(), **log,
            "truth": {"minutes": len(c.truth["minutes"]), "valid_frames": c.truth["valid_frames"],
                      "defects": c.truth["defects"]},
@@ -362,6 +363,7 @@ def markdown(res: dict) -> str:
         f"times (seed {res['seed']}, scheduled at {', '.join(f'{t:g}' for t in res['schedule_s'])} s) and restarted "
         f"from its checkpoint each time; {res['job_starts']} job starts in all (incl. the final `--available-now` "
         f"pass), {res['batch_lines']} batch lines. Wall time {res['wall_s']:.0f} s."
+        + (f" The job's spark-submit flags: `{' '.join(res['spark_flags'])}`." if res.get("spark_flags") else "")
         + render.errors_sentence(res["errors"]), "",
         *render.table(["kill", "at s (scheduled)", "during load", "frames in topic", "batch planned / committed",
                        "in flight", "processes (groups) killed", "survivors", "restart → first batch s",

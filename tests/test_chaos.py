@@ -37,3 +37,4 @@ def test_two_sigkills_while_the_loader_streams_change_nothing(kafka, tmp_path):
     assert all(abs(sum(v for p, v in k["startup"].items() if p not in ("up_s", "first_batch_s"))
                    - k["startup"]["up_s"]) < 0.5 for k in kills), kills
     assert res["job_starts"] == 4   # first start, two restarts, the final --available-now pass
+    assert res["spark_flags"] == ["--driver-memory", "1g"]   # a results file says how the job was run
